@@ -1,0 +1,29 @@
+"""Per-kind codecs: how records of one model kind become step inputs and predictions.
+
+The worker core is kind-agnostic; ``codec_for(spec, options)`` picks the codec by
+``spec.kind``. Codecs are imported lazily so a forecast-only worker never imports an image
+or tokenizer library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import cast
+
+from export.spec import ModelSpec
+from worker.codecs.base import Codec
+
+CODECS: dict[str, str] = {
+    "forecast": "worker.codecs.forecast:ForecastCodec",
+    "sentiment": "worker.codecs.text:TextCodec",
+    "video": "worker.codecs.frames:FrameCodec",
+}
+
+
+def codec_for(spec: ModelSpec, options: Mapping[str, str], model_dir: Path) -> Codec:
+    """Build the codec for ``spec``; ``model_dir`` is where its artefacts (tokenizer) live."""
+    module_name, _, class_name = CODECS[spec.kind].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cast(Codec, cls(spec, options, model_dir))
