@@ -1,0 +1,118 @@
+"""Connecting to Redis: one server or a Redis Cluster, with AUTH and TLS passed through.
+
+Retries are few and short on purpose: the worker has its own backoff loop that stops
+fetching and logs once per state change, so a call must fail fast when Redis is down. One
+retry is kept so that a connection left stale by a Redis restart is replaced on the next
+call instead of failing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach the state store. ``url`` is ``redis://`` or ``rediss://`` (TLS);
+    for a cluster it names any one node (the others are discovered)."""
+
+    url: str
+    cluster: bool = False
+    password: str | None = field(default=None, repr=False)
+    username: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    socket_timeout_s: float = 2.0
+    socket_connect_timeout_s: float = 2.0
+    retries: int = 1
+    max_connections: int = 32
+
+    def redacted_url(self) -> str:
+        """The URL with any password replaced, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+    def describe(self) -> str:
+        """One log line, secrets masked."""
+        return (
+            f"url={self.redacted_url()} cluster={self.cluster} "
+            f"auth={'yes' if self.password or urlsplit(self.url).password else 'no'} "
+            f"tls={self.tls or self.url.startswith('rediss://')} "
+            f"timeouts={self.socket_connect_timeout_s}/{self.socket_timeout_s}s "
+            f"retries={self.retries}"
+        )
+
+
+def _retry(settings: RedisSettings) -> Retry:
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+        retries=settings.retries,
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
+    )
+
+
+def build_client(settings: RedisSettings) -> RedisClient:
+    """The client for ``settings``, not yet connected (connections open lazily)."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "retry": _retry(settings),
+        "max_connections": settings.max_connections,
+        "decode_responses": False,
+    }
+    if settings.password is not None:
+        kwargs["password"] = settings.password
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    if settings.tls or settings.url.startswith("rediss://"):
+        kwargs["ssl"] = True
+        if settings.tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.tls_ca_file
+        if settings.tls_cert_file:
+            kwargs["ssl_certfile"] = settings.tls_cert_file
+        if settings.tls_key_file:
+            kwargs["ssl_keyfile"] = settings.tls_key_file
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, **kwargs)
+    return aioredis.Redis.from_url(settings.url, **kwargs)
+
+
+async def connect_redis(settings: RedisSettings) -> RedisClient:
+    """Build the client and check that Redis answers (for a cluster: discover the nodes).
+
+    Raises ``redis.exceptions.RedisError`` (ConnectionError when unreachable) after closing
+    the half-built client, so a caller may retry with its own backoff.
+    """
+    client = build_client(settings)
+    try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        else:
+            await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    log.info("redis connected: %s", settings.describe())
+    return client

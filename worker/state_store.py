@@ -1,0 +1,226 @@
+"""Per-stream recurrent state in Redis: batched reads, fenced atomic writes with a TTL.
+
+- Key: ``<prefix>:<model>:<state-version>:<stream>`` (:func:`state_key`).
+- Value: :mod:`worker.state_codec` (fixed header with the last applied partition/offset,
+  then raw float32 bytes). State and offset live in one value, so one SET writes both
+  atomically.
+- ``read_many``: one MGET on a single Redis. On a cluster MGET cannot span slots, so keys
+  are grouped by hash slot, one MGET per slot, sent as one pipeline per node (redis-py
+  sends the node pipelines concurrently); results come back in input order.
+- ``write_many``: one EVALSHA of :data:`FENCED_WRITE_LUA` per batch (per slot on a
+  cluster, pipelined per node). The script skips a write whose offset is at or below the
+  stored offset of the same partition (a zombie worker that lost its partitions in a
+  rebalance cannot roll a stream's state back), and every write sets the TTL (a skipped
+  one refreshes it: the stream is alive). NOSCRIPT (Redis restarted or flushed) loads the
+  script and retries only the calls that did not run; a script that never ran changed
+  nothing, so the retry cannot apply anything twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
+
+from export.spec import StateSpec
+from worker.redis_conn import RedisClient
+from worker.state_codec import (
+    HEADER_FIXED_SIZE,
+    OFFSET_POS,
+    PARTITION_POS,
+    ReadResult,
+    ReadStatus,
+    StateCodec,
+    StoredState,
+)
+
+log = logging.getLogger(__name__)
+
+# KEYS[i]: a state key; ARGV[1]: TTL in ms; ARGV[i + 1]: the new value of KEYS[i].
+# Returns the 1-based indices of the writes the fence skipped. Positions are 1-based in Lua.
+FENCED_WRITE_LUA = f"""
+local ttl = ARGV[1]
+local hdr, pp, op = {HEADER_FIXED_SIZE}, {PARTITION_POS + 1}, {OFFSET_POS + 1}
+local skipped = {{}}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local new = ARGV[i + 1]
+  local old = redis.call('GET', key)
+  if old and #old >= hdr
+      and string.sub(old, 1, 5) == string.sub(new, 1, 5)
+      and struct.unpack('<i4', old, pp) == struct.unpack('<i4', new, pp)
+      and struct.unpack('<i8', new, op) <= struct.unpack('<i8', old, op) then
+    redis.call('PEXPIRE', key, ttl)
+    skipped[#skipped + 1] = i
+  else
+    redis.call('SET', key, new, 'PX', ttl)
+  end
+end
+return skipped
+"""
+FENCED_WRITE_SHA = hashlib.sha1(FENCED_WRITE_LUA.encode()).hexdigest()
+
+
+def state_key(prefix: str, model: str, state_version: str, stream: str) -> str:
+    """``<prefix>:<model>:<state-version>:<stream>``; the stream id may itself hold ':'."""
+    return f"{prefix}:{model}:{state_version}:{stream}"
+
+
+@dataclass
+class StoreStats:
+    """Running counts for logs and tests; the worker exports its own metrics."""
+
+    keys_read: int = 0
+    keys_written: int = 0
+    writes_skipped: int = 0  # by the offset fence
+    script_loads: int = 0
+
+
+class StateStore:
+    """The states of one model (one state spec and state version) in Redis."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        ttl_s: int,
+        spec_states: tuple[StateSpec, ...],
+        state_version: str,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive: every state write sets a TTL")
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._ttl_ms = int(ttl_s) * 1000
+        self.codec = StateCodec(spec_states, state_version)
+        self.stats = StoreStats()
+
+    @property
+    def state_version(self) -> str:
+        return self.codec.state_version
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read_many(self, keys: Sequence[str]) -> list[ReadResult]:
+        """The stored state of every key, in input order, in one round trip (per node)."""
+        if not keys:
+            return []
+        if self._cluster:
+            values = await self._mget_by_slot(keys)
+        else:
+            values = cast("list[bytes | None]", await self._client.mget(keys))
+        self.stats.keys_read += len(keys)
+        decode = self.codec.decode
+        return [decode(v) for v in values]
+
+    async def _mget_by_slot(self, keys: Sequence[str]) -> list[bytes | None]:
+        groups = _group_by_slot(keys)
+        pipe = self._client.pipeline()
+        for indices in groups:
+            # redis-py blocks pipe.mget() on a cluster; the raw command routes by its keys.
+            pipe.execute_command("MGET", *[keys[i] for i in indices])
+        replies: list[Any] = await pipe.execute()
+        values: list[bytes | None] = [None] * len(keys)
+        for indices, reply in zip(groups, replies, strict=True):
+            for i, v in zip(indices, reply, strict=True):
+                values[i] = v
+        return values
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write_many(self, items: Sequence[tuple[str, StoredState]]) -> None:
+        """Write each state with its offset atomically, set the TTL, apply the fence."""
+        await self.write_many_checked(items)
+
+    async def write_many_checked(self, items: Sequence[tuple[str, StoredState]]) -> list[str]:
+        """Like :meth:`write_many`; returns the keys whose write the offset fence skipped
+        (another writer already stored that offset or a later one)."""
+        if not items:
+            return []
+        encode = self.codec.encode
+        keys = [k for k, _ in items]
+        values = [encode(s) for _, s in items]
+        if self._cluster:
+            skipped = await self._write_by_slot(keys, values)
+        else:
+            skipped = [keys[i - 1] for i in await self._evalsha_loading(keys, values)]
+        self.stats.keys_written += len(keys) - len(skipped)
+        if skipped:
+            self.stats.writes_skipped += len(skipped)
+            log.debug("offset fence skipped %d of %d state writes", len(skipped), len(keys))
+        return skipped
+
+    async def _evalsha_loading(self, keys: list[str], values: list[bytes]) -> list[int]:
+        try:
+            reply: list[int] = await self._client.evalsha(
+                FENCED_WRITE_SHA, len(keys), *keys, self._ttl_ms, *values
+            )
+        except NoScriptError:
+            await self._load_script()
+            reply = await self._client.evalsha(
+                FENCED_WRITE_SHA, len(keys), *keys, self._ttl_ms, *values
+            )
+        return reply
+
+    async def _write_by_slot(self, keys: list[str], values: list[bytes]) -> list[str]:
+        pending = _group_by_slot(keys)
+        skipped: list[str] = []
+        for attempt in range(2):
+            pipe = self._client.pipeline()
+            for indices in pending:
+                pipe.execute_command(
+                    "EVALSHA",
+                    FENCED_WRITE_SHA,
+                    len(indices),
+                    *[keys[i] for i in indices],
+                    self._ttl_ms,
+                    *[values[i] for i in indices],
+                )
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            retry: list[list[int]] = []
+            for indices, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    retry.append(indices)
+                elif isinstance(reply, BaseException):
+                    raise reply
+                else:
+                    skipped.extend(keys[indices[j - 1]] for j in reply)
+            if not retry:
+                break
+            await self._load_script()
+            pending = retry
+        return skipped
+
+    async def _load_script(self) -> None:
+        # On a cluster redis-py sends SCRIPT LOAD to every primary.
+        sha = await self._client.script_load(FENCED_WRITE_LUA)
+        self.stats.script_loads += 1
+        if sha != FENCED_WRITE_SHA:
+            raise RuntimeError(
+                f"Redis hashed the fence script to {sha}, expected {FENCED_WRITE_SHA}"
+            )
+        log.info("loaded the state write script into Redis (sha %s)", sha[:12])
+
+
+def _group_by_slot(keys: Sequence[str]) -> list[list[int]]:
+    """Indices of ``keys`` grouped by Redis Cluster hash slot, in first-seen order."""
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(key_slot(k.encode()), []).append(i)
+    return list(groups.values())
+
+
+__all__ = [
+    "FENCED_WRITE_LUA",
+    "ReadResult",
+    "ReadStatus",
+    "StateStore",
+    "StoreStats",
+    "StoredState",
+    "state_key",
+]
