@@ -1,0 +1,94 @@
+"""Parity: an ONNX step model run step by step, carrying state, against a reference.
+
+The reference is the PyTorch model run over the whole sequence at once; the contract says
+they agree within :data:`PARITY_TOLERANCE` absolute on every prediction output.
+
+:func:`step_parity` is model-agnostic: give it the per-step non-state inputs (a list of
+T dicts, batch axis first) and the expected outputs per step (a list of T dicts). It
+starts from zero states, feeds each step's ``state_out.*`` back as the next
+``state_in.*``, and returns the largest absolute difference over all steps and outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from export.spec import ModelSpec
+
+PARITY_TOLERANCE = 1e-4
+PARITY_STEPS = 200
+PARITY_BATCHES = (1, 64)
+
+Array = npt.NDArray[Any]
+
+
+class ParityError(AssertionError):
+    """The ONNX step model does not reproduce the reference."""
+
+
+def open_session(path: Path) -> tuple[Any, ModelSpec]:
+    """A CPU onnxruntime session and the spec it carries."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # Parity runs beside training and tests on a small machine: stay on one thread.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    spec = ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
+    return sess, spec
+
+
+def run_steps(
+    sess: Any, spec: ModelSpec, steps: Sequence[Mapping[str, Array]]
+) -> list[dict[str, Array]]:
+    """Run the step model over ``steps`` from a zero state; the outputs of every step."""
+    if not steps:
+        return []
+    batch = int(np.asarray(next(iter(steps[0].values()))).shape[0])
+    state = {s.input_name: np.zeros((s.layers, batch, s.hidden), np.float32) for s in spec.states}
+    out_names = [o.name for o in spec.outputs] + [s.output_name for s in spec.states]
+    results: list[dict[str, Array]] = []
+    for step in steps:
+        values = sess.run(out_names, {**step, **state})
+        named = dict(zip(out_names, values, strict=True))
+        state = {s.input_name: named[s.output_name] for s in spec.states}
+        results.append({o.name: named[o.name] for o in spec.outputs})
+    return results
+
+
+def step_parity(
+    path: Path,
+    steps: Sequence[Mapping[str, Array]],
+    expected: Sequence[Mapping[str, Array]],
+) -> float:
+    """Max abs difference between the ONNX step outputs and ``expected``, step by step."""
+    if len(steps) != len(expected):
+        raise ValueError(f"{len(steps)} steps but {len(expected)} expected outputs")
+    sess, spec = open_session(path)
+    got = run_steps(sess, spec, steps)
+    worst = 0.0
+    for got_t, exp_t in zip(got, expected, strict=True):
+        for name, value in exp_t.items():
+            diff = np.abs(got_t[name].astype(np.float64) - np.asarray(value, np.float64))
+            worst = max(worst, float(diff.max(initial=0.0)))
+            if not np.isfinite(diff).all():
+                return float("inf")
+    return worst
+
+
+def sequence_steps(name: str, x: Array) -> list[dict[str, Array]]:
+    """Split ``x`` ``[B, T, ...]`` into T step inputs ``{name: x[:, t]}``."""
+    return [{name: np.ascontiguousarray(x[:, t])} for t in range(x.shape[1])]
+
+
+def check_parity(diff: float, what: str, tolerance: float = PARITY_TOLERANCE) -> float:
+    """``diff`` when within tolerance, else :class:`ParityError`."""
+    if not diff <= tolerance:
+        raise ParityError(f"{what}: parity max abs diff {diff:.3g} exceeds {tolerance:g}")
+    return diff

@@ -1,0 +1,60 @@
+"""Every trainable, exportable model, by name, as import strings resolved lazily.
+
+``statecast train|export|models verify`` look a model up here. The functions are named by
+``"module:function"`` and imported only when used, so verifying one model never imports
+another model's data or training code. Add one entry per model:
+
+- ``train``: ``(**kwargs) -> Path`` of the checkpoint written (kwargs are plain values such
+  as ``epochs=3``, never an argparse namespace; every one optional).
+- ``export``: ``() -> ManifestEntry``; writes ``models/onnx/<name>.onnx`` from the
+  checkpoint and upserts the manifest entry.
+- ``parity``: ``() -> float``, the max abs difference between the shipped ONNX step model
+  run T times carrying state and the PyTorch model over the whole sequence. It may accept
+  an optional keyword ``onnx_path: Path`` to check another copy of the file; ``models
+  verify`` passes it when the function's signature has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from models.trainer import import_object
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    name: str
+    train: str  # "module:function", (argparse-free kwargs) -> Path of checkpoint
+    export: str  # "module:function", () -> ManifestEntry (writes ONNX + manifest)
+    parity: str  # "module:function", () -> float max abs diff (used by models verify)
+
+    def resolve(self, which: str) -> Callable[..., Any]:
+        """The function behind ``train``, ``export`` or ``parity``, imported now."""
+        if which not in ("train", "export", "parity"):
+            raise ValueError(f"no such recipe step {which!r}")
+        return cast(Callable[..., Any], import_object(getattr(self, which)))
+
+
+RECIPES: dict[str, ModelRecipe] = {
+    "sensor_lstm": ModelRecipe(
+        name="sensor_lstm",
+        train="models.forecast_train:train_sensor_lstm",
+        export="export.forecast_export:export_sensor_lstm",
+        parity="export.forecast_export:parity_sensor_lstm",
+    ),
+    "price_gru": ModelRecipe(
+        name="price_gru",
+        train="models.forecast_train:train_price_gru",
+        export="export.forecast_export:export_price_gru",
+        parity="export.forecast_export:parity_price_gru",
+    ),
+}
+
+
+def get_recipe(name: str) -> ModelRecipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(RECIPES)}") from None
