@@ -26,6 +26,7 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +47,8 @@ OFFSET_POS = 12
 _ALIGN = 8
 _F32 = np.dtype("<f4")
 
-FloatArray = npt.NDArray[np.float32]
+# Any, not float32: a caller's slices of a batch (any float dtype) type-check; encode converts.
+FloatArray = npt.NDArray[Any]
 
 
 class ReadStatus(enum.Enum):

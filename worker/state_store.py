@@ -52,8 +52,12 @@ for i = 1, #KEYS do
   local key = KEYS[i]
   local new = ARGV[i + 1]
   local old = redis.call('GET', key)
-  if old and #old >= hdr
-      and string.sub(old, 1, 5) == string.sub(new, 1, 5)
+  -- The fence guards only a stored value of the same layout (a state this model can
+  -- read); anything else (other shapes, corrupt bytes) is replaced.
+  local layout_end = hdr + string.byte(new, 8) + 8 * string.byte(new, 7)
+  if old and #old == #new
+      and string.sub(old, 1, 8) == string.sub(new, 1, 8)
+      and string.sub(old, hdr + 1, layout_end) == string.sub(new, hdr + 1, layout_end)
       and struct.unpack('<i4', old, pp) == struct.unpack('<i4', new, pp)
       and struct.unpack('<i8', new, op) <= struct.unpack('<i8', old, op) then
     redis.call('PEXPIRE', key, ttl)
