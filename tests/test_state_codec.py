@@ -54,7 +54,7 @@ def specs_and_state(draw: st.DrawFn) -> tuple[tuple[StateSpec, ...], str, Stored
 
 
 @given(specs_and_state())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 def test_round_trip_is_bit_exact(case: tuple[tuple[StateSpec, ...], str, StoredState]) -> None:
     specs, version, state = case
     codec = StateCodec(specs, version)
@@ -77,7 +77,7 @@ def test_round_trip_is_bit_exact(case: tuple[tuple[StateSpec, ...], str, StoredS
 
 
 @given(specs_and_state())
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 def test_fence_fields_sit_at_fixed_positions(
     case: tuple[tuple[StateSpec, ...], str, StoredState],
 ) -> None:
@@ -104,7 +104,7 @@ def test_missing() -> None:
 
 
 @given(st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_truncated_or_extended_value_is_corrupt(data: st.DataObject) -> None:
     codec = StateCodec(SPECS, VERSION)
     blob = codec.encode(_state(SPECS))
@@ -115,7 +115,7 @@ def test_truncated_or_extended_value_is_corrupt(data: st.DataObject) -> None:
 
 
 @given(st.binary(max_size=400))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_arbitrary_bytes_never_raise(junk: bytes) -> None:
     result = StateCodec(SPECS, VERSION).decode(junk)
     assert result.status in (ReadStatus.CORRUPT, ReadStatus.MISMATCH)

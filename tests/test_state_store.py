@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -293,25 +294,30 @@ async def test_client_cpu_per_key_at_1k_keys(
                 )
                 for k in keys
             ]
-            for r in range(5)
+            for r in range(9)
         ]
         await store.write_many(batches[0])  # load the script, warm the pool
         await store.read_many(keys)
-        rounds = 4
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        for batch in batches[1 : rounds + 1]:
+        # The machine is shared: report the best round (least disturbed), and the median.
+        write_cpu, read_cpu, write_wall, read_wall = [], [], [], []
+        for batch in batches[1:]:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             await store.write_many(batch)
-        cpu_w, wall_w = time.process_time() - cpu0, time.perf_counter() - wall0
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        for _ in range(rounds):
+            write_cpu.append(time.process_time() - cpu0)
+            write_wall.append(time.perf_counter() - wall0)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             results = await store.read_many(keys)
-        cpu_r, wall_r = time.process_time() - cpu0, time.perf_counter() - wall0
-        assert all(r.status is ReadStatus.OK for r in results)
-        n = rounds * len(keys)
+            read_cpu.append(time.process_time() - cpu0)
+            read_wall.append(time.perf_counter() - wall0)
+            assert all(r.status is ReadStatus.OK for r in results)
+
+        def us(xs: list[float]) -> str:
+            return f"{min(xs) * 1e3:.1f} (median {statistics.median(xs) * 1e3:.1f})"
+
         print(
-            f"\n[state store {mode}, 1k keys, 2x[1,64] float32] "
-            f"read_many {cpu_r / n * 1e6:.1f} us/key client CPU ({wall_r / n * 1e6:.1f} wall); "
-            f"write_many {cpu_w / n * 1e6:.1f} us/key client CPU ({wall_w / n * 1e6:.1f} wall)"
+            f"\n[state store {mode}, 1k keys, 2 x [1,64] float32, us/key] "
+            f"read_many client CPU {us(read_cpu)}, wall {us(read_wall)}; "
+            f"write_many client CPU {us(write_cpu)}, wall {us(write_wall)}"
         )
     finally:
         await client.aclose()
