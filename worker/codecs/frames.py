@@ -1,0 +1,155 @@
+"""The frame codec: encoded images (PNG or JPEG) keyed by camera -> grey pixel frames.
+
+Record: value = the encoded image, key = the camera (stream) id, timestamp = the record's.
+Decoding and resizing use Pillow for the whole poll batch inside :meth:`FrameCodec.decode`,
+which the worker runs in a thread; Pillow's decoders release the GIL.
+
+Checks, in order, each a dead letter with its reason code:
+
+- no key -> ``no_key``; a key that is not UTF-8 -> ``schema``; no value -> ``empty``;
+  more than ``max_bytes`` -> ``too_large``;
+- not a PNG or JPEG, or a truncated one -> ``undecodable``;
+- dimensions read from the header (before any pixel is decoded, so a small file that
+  claims a huge image costs nothing) over ``max_pixels``, or, with ``resize=0``, other
+  than the model's ``height`` x ``width`` -> ``wrong_size``.
+
+Frames are converted to 8-bit grey and resized to the model's input size (Pillow's
+bilinear filter, with JPEG's DCT-domain downscaling when the image is much larger). The
+model takes raw 0-255 values (its graph scales them), so ``x`` is the pixels as float32,
+``[1, H, W]``.
+
+Prediction: ``{"class": <best class>, "confidence": p, "probs": {class: p, ...}}``.
+
+Route options (``frames=video_lstm?max_bytes=65536&resize=0``):
+``max_bytes`` (default 262144), ``max_pixels`` (default 4194304), ``resize`` (1/0,
+default 1).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from export.spec import ModelSpec
+from worker.codecs.base import (
+    REASON_EMPTY,
+    REASON_SCHEMA,
+    REASON_TOO_LARGE,
+    REASON_UNDECODABLE,
+    REASON_WRONG_SIZE,
+    Array,
+    Decoded,
+    RawRecord,
+    Rejected,
+    StepInputs,
+)
+
+REASON_NO_KEY = "no_key"
+DEFAULT_MAX_BYTES = 256 * 1024
+DEFAULT_MAX_PIXELS = 4 * 1024 * 1024
+FORMATS = ("PNG", "JPEG")
+_OPTIONS = frozenset({"max_bytes", "max_pixels", "resize"})
+
+
+def _flag(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (1/0), got {value!r}")
+
+
+class FrameCodec:
+    def __init__(self, spec: ModelSpec, options: Mapping[str, str], model_dir: Path) -> None:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ValueError(f"frame route: unknown options {sorted(unknown)}")
+        pre = spec.preprocess
+        if int(pre.get("channels", 1)) != 1:
+            raise ValueError(f"{spec.name}: only single-channel (grey) frame models are served")
+        self.spec = spec
+        self.height = int(pre["height"])
+        self.width = int(pre["width"])
+        self.max_bytes = int(options.get("max_bytes", DEFAULT_MAX_BYTES))
+        self.max_pixels = int(options.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.resize = _flag(options.get("resize", "1"))
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError("max_bytes and max_pixels must be positive")
+        out = spec.outputs[0]
+        if not out.fields:
+            raise ValueError(f"{spec.name}: output {out.name!r} must name its classes (fields)")
+        self._output = out.name
+        self._classes = out.fields
+
+    def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejected]:
+        out: list[Decoded | Rejected] = []
+        for rec in records:
+            result = self._decode_one(rec)
+            if isinstance(result, Rejected):
+                out.append(result)
+                continue
+            stream, pixels = result
+            out.append(Decoded(stream=stream, ts_ms=rec.timestamp_ms, steps=({"x": pixels},)))
+        return out
+
+    def _decode_one(self, rec: RawRecord) -> tuple[str, Array] | Rejected:
+        if not rec.key:
+            return Rejected(REASON_NO_KEY, "record has no key (the camera id)")
+        try:
+            stream = rec.key.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejected(REASON_SCHEMA, "the key (camera id) is not UTF-8 text")
+        value = rec.value
+        if not value:
+            return Rejected(REASON_EMPTY, "record has no value")
+        if len(value) > self.max_bytes:
+            return Rejected(REASON_TOO_LARGE, f"{len(value)} bytes > limit {self.max_bytes}")
+        try:
+            # open() reads only the header: size and format are known before decoding.
+            img = Image.open(io.BytesIO(value), formats=FORMATS)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            return Rejected(REASON_UNDECODABLE, f"not a PNG or JPEG image: {str(e)[:160]}")
+        with img:
+            w, h = img.size
+            if w * h > self.max_pixels or w < 1 or h < 1:
+                return Rejected(REASON_WRONG_SIZE, f"{w}x{h} exceeds {self.max_pixels} pixels")
+            target = (self.width, self.height)
+            if not self.resize and (w, h) != target:
+                return Rejected(
+                    REASON_WRONG_SIZE, f"{w}x{h}, the model takes {target[0]}x{target[1]}"
+                )
+            try:
+                if img.format == "JPEG":
+                    # Lets libjpeg decode at 1/2..1/8 scale: far less work for big frames.
+                    img.draft("L", target)
+                grey = img.convert("L")
+                if grey.size != target:
+                    grey = grey.resize(target, Image.Resampling.BILINEAR)
+                pixels = np.asarray(grey, dtype=np.float32)
+            except (OSError, ValueError, SyntaxError) as exc:
+                return Rejected(REASON_UNDECODABLE, f"image data is broken: {str(exc)[:160]}")
+        return stream, pixels.reshape(1, self.height, self.width)
+
+    def stack(self, steps: Sequence[StepInputs]) -> dict[str, Array]:
+        return {"x": np.stack([s["x"] for s in steps])}
+
+    def predictions(self, outputs: Mapping[str, Array]) -> list[dict[str, Any]]:
+        probs = np.asarray(outputs[self._output], dtype=np.float64)
+        best = probs.argmax(axis=1).tolist()
+        classes = self._classes
+        preds: list[dict[str, Any]] = []
+        for row, k in zip(probs.tolist(), best, strict=True):
+            preds.append(
+                {
+                    "class": classes[k],
+                    "confidence": row[k],
+                    "probs": dict(zip(classes, row, strict=True)),
+                }
+            )
+        return preds
