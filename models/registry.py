@@ -50,6 +50,12 @@ RECIPES: dict[str, ModelRecipe] = {
         export="export.forecast_export:export_price_gru",
         parity="export.forecast_export:parity_price_gru",
     ),
+    "video_lstm": ModelRecipe(
+        name="video_lstm",
+        train="models.video_train:train_video_lstm",
+        export="export.video_export:export_video_lstm",
+        parity="export.video_export:parity_video_lstm",
+    ),
 }
 
 
