@@ -52,13 +52,16 @@ class FrameEncoder(nn.Module):
         super().__init__()
         self.convs = nn.Sequential(
             nn.Conv2d(1, cfg.conv1, kernel_size=5),
+            nn.BatchNorm2d(cfg.conv1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(cfg.conv1, cfg.conv2, kernel_size=5),
+            nn.BatchNorm2d(cfg.conv2),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        # LeNet geometry: 5x5 valid convolutions, each followed by a 2x2 pool.
+        # LeNet geometry: 5x5 valid convolutions, each followed by a 2x2 pool; batch norm
+        # (folded into the convolutions at export) lets the small net train in few epochs.
         flat = cfg.conv2 * _lenet_side(cfg.height) * _lenet_side(cfg.width)
         self.dense = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.features), nn.ReLU())
 

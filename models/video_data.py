@@ -66,6 +66,9 @@ class ClipConfig:
     # Rotation clips: degrees per frame.
     rotate_speed: tuple[float, float] = (6.0, 14.0)
     rotate_scale: tuple[float, float] = (0.7, 0.95)
+    # Zoom and rotation clips: the object's centre sits up to this far (px) off the canvas
+    # centre, on each axis.
+    pivot_jitter: float = 2.0
     # Per clip: brightness gain and the std of Gaussian pixel noise (0-255 units).
     gain: tuple[float, float] = (0.7, 1.0)
     noise: tuple[float, float] = (0.0, 12.0)
@@ -161,7 +164,7 @@ def trajectories(
     zout = s0[:, None] * np.exp(np.log(g)[:, None] * span - grow)
     scale[zoom] = np.where((names == "zoom_in")[:, None], zin, zout)[zoom]
     angle[zoom] = tilt[zoom]
-    offset = rng.uniform(-2, 2, size=(n, 2))
+    offset = rng.uniform(-cfg.pivot_jitter, cfg.pivot_jitter, size=(n, 2))
     tx[zoom] = (offset[:, :1] + 0 * k)[zoom]
     ty[zoom] = (offset[:, 1:] + 0 * k)[zoom]
 
