@@ -31,8 +31,8 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collects no test: make treats that as a failure like any other.
-test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: lint deploy-tools
+	STATECAST_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: setup
 	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)
@@ -52,3 +52,6 @@ demo: setup
 
 clean: stack-down
 	rm -rf .stack .cache
+
+# Operations: deploy-tools, deploy-check, deploy-image-check.
+include deploy/deploy.mk
