@@ -1,0 +1,114 @@
+"""The shipped forecasters: manifest figures, parity, and ``statecast models verify``."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from export.manifest import DEFAULT_MANIFEST, REPO_ROOT, load_manifest, sha256_file, upsert_entry
+from export.parity import PARITY_TOLERANCE
+from export.step_export import read_spec
+from worker.cli import main
+
+pytestmark = pytest.mark.unit
+
+MINE = ("price_gru", "sensor_lstm")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_manifest_figures_meet_the_targets() -> None:
+    entries = load_manifest()
+    sensor, price = entries["sensor_lstm"], entries["price_gru"]
+    assert sensor.metrics["test_mae"] <= 0.75 * sensor.metrics["baseline_mae"]
+    assert sensor.metrics["baseline"] in ("naive", "seasonal-naive-48")
+    assert price.metrics["test_nll"] < price.metrics["baseline_nll"]
+    assert "rolling-20d" in price.metrics["baseline"]
+    for entry in (sensor, price):
+        assert entry.metrics["parity_max_abs_diff"] <= PARITY_TOLERANCE
+        assert entry.onnx == f"models/onnx/{entry.name}.onnx"
+        assert (REPO_ROOT / "models" / "checkpoints" / f"{entry.name}.pt").is_file()
+
+
+def test_shipped_specs_carry_features_normalisation_and_units() -> None:
+    entries = load_manifest()
+    sensor = read_spec(entries["sensor_lstm"].onnx_path())
+    assert sensor.features == ("demand", "temperature", "workday")
+    assert [s.name for s in sensor.states] == ["h", "c"]
+    assert (sensor.outputs[0].name, sensor.outputs[0].unit) == ("demand_next", "GW")
+    assert len(sensor.preprocess["normalisation"]["mean"]) == 3
+    price = read_spec(entries["price_gru"].onnx_path())
+    assert price.features == ("log_return",)
+    assert [s.name for s in price.states] == ["h"]
+    assert price.outputs[0].fields == ("mean", "log_var")
+    assert price.outputs[0].unit == "log-return"
+
+
+def test_models_verify_passes_on_the_shipped_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "verify", *MINE]) == 0
+    out = capsys.readouterr().out
+    assert out.count("parity max abs diff") == 2
+    assert "2/2 models verified" in out
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    """A copy of the manifest (these two entries) and their ONNX files under ``tmp_path``."""
+    manifest = tmp_path / "models" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    for name, entry in load_manifest(DEFAULT_MANIFEST).items():
+        if name not in MINE:
+            continue
+        target = tmp_path / entry.onnx
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry.onnx_path(), target)
+        upsert_entry(entry, manifest)
+    return manifest
+
+
+def test_models_verify_fails_when_one_byte_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _copy_repo(tmp_path)
+    assert main(["models", "verify", "--manifest", str(manifest), "--skip-parity"]) == 0
+    onnx_path = tmp_path / "models" / "onnx" / "sensor_lstm.onnx"
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx_path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["models", "verify", "--manifest", str(manifest), "--skip-parity"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL sensor_lstm: sha256" in out
+    assert "1/2 models verified" in out
+
+
+def test_models_verify_fails_on_changed_weights_with_a_matching_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _copy_repo(tmp_path)
+    entry = load_manifest(manifest)["price_gru"]
+    path = tmp_path / entry.onnx
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if weights.dtype == np.float32 and weights.size > 100:
+            init.CopyFrom(numpy_helper.from_array(weights + np.float32(0.05), init.name))
+            break
+    onnx.save(proto, str(path))
+    # Re-signed without retraining: the digest matches, only parity can notice.
+    upsert_entry(dataclasses.replace(entry, sha256=sha256_file(path)), manifest)
+    assert main(["models", "verify", "price_gru", "--manifest", str(manifest)]) == 1
+    assert "FAIL price_gru: parity max abs diff" in capsys.readouterr().out
