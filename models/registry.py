@@ -5,7 +5,9 @@
 another model's data or training code. Add one entry per model:
 
 - ``train``: ``(**kwargs) -> Path`` of the checkpoint written (kwargs are plain values such
-  as ``epochs=3``, never an argparse namespace; every one optional).
+  as ``epochs=3``, never an argparse namespace; every one optional). ``statecast train``
+  passes ``epochs``, ``seed``, ``max_seconds`` and ``progress`` when given on its command
+  line, and any ``--set key=value``.
 - ``export``: ``() -> ManifestEntry``; writes ``models/onnx/<name>.onnx`` from the
   checkpoint and upserts the manifest entry.
 - ``parity``: ``() -> float``, the max abs difference between the shipped ONNX step model

@@ -8,6 +8,7 @@ hidden=32 --set cell=rnn``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from typing import Any
 
@@ -64,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         kwargs["progress"] = False
     train = get_recipe(args.model).resolve("train")
     try:
-        path = train(**kwargs)
+        inspect.signature(train).bind(**kwargs)
     except TypeError as exc:
-        print(f"error: {exc}")
+        print(f"error: {args.model}: {exc}")
         return 2
+    path = train(**kwargs)
     print(f"checkpoint: {path}")
     print(f"next: statecast export {args.model}")
     return 0

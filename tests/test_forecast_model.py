@@ -133,3 +133,20 @@ def test_early_stopping_stops_when_validation_stalls() -> None:
     result = fit(model, point_loss, train, val, tc)
     assert result.epochs_run == 3  # best at epoch 0, then two stale epochs
     assert result.best_epoch == 0
+
+
+def test_train_cli_parses_overrides_and_refuses_unknown_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from models.train_cli import parse_overrides
+    from worker.cli import main
+
+    assert parse_overrides(["hidden=32", "cell=rnn", "lr=0.01"]) == {
+        "hidden": 32,
+        "cell": "rnn",
+        "lr": 0.01,
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["hidden"])
+    assert main(["train", "sensor_lstm", "--set", "bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().out
