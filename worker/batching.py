@@ -1,0 +1,135 @@
+"""Grouping a batch by stream and advancing every stream with as few ``session.run`` as possible.
+
+Wave k holds the k-th step of every stream that has one. Streams are sorted by their number
+of steps, longest first, so the streams active in wave k are always a prefix of the state
+arrays: wave k reads and writes ``state[:, :n_k, :]`` with no gather or scatter.
+
+Pure logic (numpy and a session-like object), run in the inference thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from export.spec import StateSpec
+from worker.codecs.base import Array, Codec, Decoded, RawRecord, StepInputs
+
+State = dict[str, Array]  # state name -> [layers, hidden] float32, one stream
+
+
+class StepRunner(Protocol):
+    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]: ...
+
+
+@dataclass
+class StreamWork:
+    """One stream's records of this batch, in offset order, with the state they start from."""
+
+    key: str
+    stream: str
+    partition: int
+    records: list[tuple[RawRecord, Decoded]] = field(default_factory=list)
+    initial: State | None = None  # None: a zero state (new stream or reset)
+
+
+@dataclass(frozen=True)
+class WaveOutcome:
+    # (record, decoded, prediction) for every record, grouped by stream, offset order kept.
+    predictions: list[tuple[RawRecord, Decoded, dict[str, Any]]]
+    final_states: list[State]  # aligned with the input ``streams``
+    waves: int
+
+
+def group_by_stream(
+    pairs: Iterable[tuple[RawRecord, Decoded]], key_of: Any
+) -> dict[str, StreamWork]:
+    """Streams in first-seen order; each keeps its records in the order given (offset order)."""
+    groups: dict[str, StreamWork] = {}
+    for raw, dec in pairs:
+        key = key_of(dec.stream)
+        work = groups.get(key)
+        if work is None:
+            work = groups[key] = StreamWork(key, dec.stream, raw.partition)
+        work.records.append((raw, dec))
+    return groups
+
+
+def run_waves(
+    session: StepRunner,
+    codec: Codec,
+    state_specs: Sequence[StateSpec],
+    streams: Sequence[StreamWork],
+) -> WaveOutcome:
+    n = len(streams)
+    # Flatten each stream's records into steps: (inputs, index of the record it finishes
+    # or -1, whether it must start from a zero state).
+    flat: list[list[tuple[StepInputs, int, bool]]] = []
+    records: list[tuple[RawRecord, Decoded]] = []
+    any_fresh = False
+    for work in streams:
+        steps: list[tuple[StepInputs, int, bool]] = []
+        for raw, dec in work.records:
+            rid = len(records)
+            records.append((raw, dec))
+            last = len(dec.steps) - 1
+            any_fresh = any_fresh or dec.fresh_state
+            for j, step in enumerate(dec.steps):
+                steps.append((step, rid if j == last else -1, dec.fresh_state and j == 0))
+        flat.append(steps)
+    order = sorted(range(n), key=lambda s: -len(flat[s]))
+    flat = [flat[s] for s in order]
+    states = _initial_states(state_specs, [streams[s].initial for s in order])
+    preds: list[dict[str, Any] | None] = [None] * len(records)
+    depth = len(flat[0]) if flat else 0
+    active = n
+    for k in range(depth):
+        while active and len(flat[active - 1]) <= k:
+            active -= 1
+        wave = [flat[s][k] for s in range(active)]
+        if any_fresh:
+            for s, (_, _, fresh) in enumerate(wave):
+                if fresh:
+                    for arr in states.values():
+                        arr[:, s, :] = 0.0
+        feeds = codec.stack([w[0] for w in wave])
+        for spec in state_specs:
+            feeds[spec.input_name] = np.ascontiguousarray(states[spec.name][:, :active, :])
+        out = session.run(feeds)
+        for spec in state_specs:
+            states[spec.name][:, :active, :] = out[spec.output_name]
+        finishing = [s for s, w in enumerate(wave) if w[1] >= 0]
+        if not finishing:
+            continue
+        pred_out = {name: arr for name, arr in out.items() if not name.startswith("state_out.")}
+        if len(finishing) != active:
+            pred_out = {name: arr[finishing] for name, arr in pred_out.items()}
+        for s, p in zip(finishing, codec.predictions(pred_out), strict=True):
+            preds[wave[s][1]] = p
+    final: list[State] = [{} for _ in range(n)]
+    for pos, s in enumerate(order):
+        final[s] = {spec.name: states[spec.name][:, pos, :].copy() for spec in state_specs}
+    return WaveOutcome(
+        predictions=[
+            (raw, dec, p) for (raw, dec), p in zip(records, preds, strict=True) if p is not None
+        ],
+        final_states=final,
+        waves=depth,
+    )
+
+
+def _initial_states(
+    state_specs: Sequence[StateSpec], initial: Sequence[State | None]
+) -> dict[str, Array]:
+    """``[layers, N, hidden]`` per state, rows in ``initial``'s order, zeros for None."""
+    out: dict[str, Array] = {}
+    for spec in state_specs:
+        arr = np.zeros((spec.layers, len(initial), spec.hidden), dtype=np.float32)
+        for s, st in enumerate(initial):
+            if st is not None:
+                arr[:, s, :] = st[spec.name]
+        out[spec.name] = arr
+    return out

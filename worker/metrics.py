@@ -1,0 +1,130 @@
+"""The worker's Prometheus metrics, held on an injected registry (never the global one).
+
+Names are fixed: dashboards and alert rules in ``deploy/`` are built on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Step and Redis latencies live well below the default buckets' 5 ms floor.
+FAST_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
+WAVE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)
+RESET_REASONS = ("missing", "mismatch", "corrupt", "expired")
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.records_consumed = Counter(
+            "statecast_records_consumed", "Records read from input topics", ["topic"], registry=r
+        )
+        self.predictions_published = Counter(
+            "statecast_predictions_published",
+            "Predictions acknowledged by the broker",
+            ["model"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "statecast_dead_letters",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_records = Histogram(
+            "statecast_batch_records", "Records per polled batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.waves_per_batch = Histogram(
+            "statecast_waves_per_batch",
+            "Step-model runs per model per batch",
+            buckets=WAVE_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "statecast_step_seconds",
+            "Time of one batched session.run (one wave)",
+            ["model"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "statecast_redis_seconds",
+            "Redis round trip per batch",
+            ["op"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "statecast_event_latency_seconds",
+            "Record timestamp to prediction acknowledged",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "statecast_consumer_lag",
+            "High watermark minus next offset to process",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.streams_cached = Gauge(
+            "statecast_streams_cached", "Stream states held in process", ["model"], registry=r
+        )
+        self.state_resets = Counter(
+            "statecast_state_resets",
+            "Streams started from a zero state",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.state_version_mismatches = Counter(
+            "statecast_state_version_mismatches",
+            "Stored states of another state version",
+            ["model"],
+            registry=r,
+        )
+        self.replays_skipped = Counter(
+            "statecast_replays_skipped",
+            "Records at or below their stream's applied offset (not applied again)",
+            ["model"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "statecast_dependency_up", "1 when the dependency answers", ["dependency"], registry=r
+        )
+        self.errors = Counter("statecast_errors", "Errors by stage", ["stage"], registry=r)
+        self.ready = Gauge("statecast_ready", "1 when /readyz answers 200", registry=r)
+
+    def preinitialise(self, topics: Iterable[str], models: Iterable[str]) -> None:
+        """Create every known label set so dashboards see zeros rather than gaps."""
+        for topic in topics:
+            self.records_consumed.labels(topic)
+        for model in models:
+            self.predictions_published.labels(model)
+            self.streams_cached.labels(model)
+            self.state_version_mismatches.labels(model)
+            self.replays_skipped.labels(model)
+            for reason in RESET_REASONS:
+                self.state_resets.labels(model, reason)
+        for dep in ("kafka", "redis"):
+            self.dependency_up.labels(dep)
+        for stage in ("decode", "redis_read", "inference", "publish", "redis_write", "commit"):
+            self.errors.labels(stage)
