@@ -58,6 +58,12 @@ RECIPES: dict[str, ModelRecipe] = {
         export="export.video_export:export_video_lstm",
         parity="export.video_export:parity_video_lstm",
     ),
+    "sentiment_lstm": ModelRecipe(
+        name="sentiment_lstm",
+        train="models.sentiment_train:train_sentiment_lstm",
+        export="export.sentiment_export:export_sentiment_lstm",
+        parity="export.sentiment_export:parity_sentiment_lstm",
+    ),
 }
 
 
