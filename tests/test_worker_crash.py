@@ -1,0 +1,390 @@
+"""Crash safety: ``kill -9`` of the worker process at many points, then restart.
+
+One replayed stream set, one consumer group, one state prefix. The worker runs as a child
+process (``python -m worker worker``, configured by ``STATECAST_*`` as in production) and
+is SIGKILLed repeatedly:
+
+- by its own fault hook ``STATECAST_TEST_CRASH_AT`` between publish and state write
+  (``after_publish``), between state write and offset commit (``after_state_write``) and
+  after the commit (``after_commit``);
+- from outside, at random wall-clock moments after it got its partitions.
+
+A last run without faults drains the topic. Then:
+
+- every stream's state in Redis equals the fault-free computation (the same ONNX step run
+  offline over the stream, which the e2e test shows a fault-free worker reproduces) and
+  holds the stream's last offset: nothing was applied twice, nothing skipped;
+- every input offset has at least one prediction; duplicates exist (the after_publish kill
+  guarantees some) and share their id and content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
+from tests.kafka_helpers import create_topic
+from tests.worker_helpers import TinyModel, event, offline_predictions, tiny_forecast_model
+from worker.state_codec import ReadStatus, StateCodec
+from worker.state_store import state_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ("demand", "temperature", "workday")
+ASSIGNED_MARK = "assigned [("
+CRASH_SESSION_TIMEOUT_MS = min(3000, CONSUMER_SESSION_TIMEOUT_MS)
+KILL_SEED = 20261123  # printed on failure via the run logs; fixed so a failure reproduces
+
+# -- running the worker as a child process ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    prefix: str  # the state key prefix it ran with
+    label: str
+    returncode: int
+    log: str
+    seconds: float
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+
+def worker_env(settings: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATECAST_")}
+    env.update(settings)
+    return env
+
+
+def _read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+async def _wait_for_text(
+    path: Path, text: str, proc: asyncio.subprocess.Process, within_s: float
+) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and proc.returncode is None:
+        if text in _read_log(path):
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.05)
+    return False
+
+
+async def run_worker(
+    prefix: str,
+    label: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    idle_timeout_s: float,
+    kill_after_assigned_s: float | None = None,
+    within_s: float = 45.0,
+) -> WorkerRun:
+    """Start a worker; SIGKILL it ``kill_after_assigned_s`` after it logged its partition
+    assignment (if given); wait for it to end, bounded by ``within_s``."""
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "worker", "worker", "--idle-timeout", str(idle_timeout_s)]
+    with log_path.open("wb") as fh:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=dict(env), cwd=ROOT, stdout=fh, stderr=asyncio.subprocess.STDOUT
+        )
+    try:
+        if kill_after_assigned_s is not None and await _wait_for_text(
+            log_path, ASSIGNED_MARK, proc, within_s
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), kill_after_assigned_s)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+        left = max(1.0, within_s - (time.monotonic() - t0))
+        rc = await asyncio.wait_for(proc.wait(), left)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return WorkerRun(prefix, label, rc, _read_log(log_path), time.monotonic() - t0)
+
+
+# -- data and reading back ----------------------------------------------------------------
+
+
+def make_series(n_streams: int, n_events: int, seed: int) -> dict[str, list[list[float]]]:
+    rng = random.Random(seed)
+    return {
+        f"meter-{i:03d}": [
+            [rng.uniform(20, 40), rng.uniform(-5, 35), float(rng.randint(0, 1))]
+            for _ in range(n_events)
+        ]
+        for i in range(n_streams)
+    }
+
+
+def interleave(series: Mapping[str, list[list[float]]], seed: int) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    cursors = dict.fromkeys(series, 0)
+    out: list[tuple[bytes, bytes]] = []
+    while cursors:
+        s = rng.choice(sorted(cursors))
+        i = cursors[s]
+        values = dict(zip(FEATURES, series[s][i], strict=True))
+        out.append((s.encode(), event(s, 1_700_000_000_000 + i * 1000, values)))
+        cursors[s] = i + 1
+        if cursors[s] == len(series[s]):
+            del cursors[s]
+    return out
+
+
+async def produce_live(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    chunk: int,
+    pause_s: float,
+) -> None:
+    """Send ``records`` in order, ``chunk`` at a time with a pause between chunks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for start in range(0, len(records), chunk):
+            futures = [
+                await producer.send(topic, value, key=key)
+                for key, value in records[start : start + chunk]
+            ]
+            await asyncio.gather(*futures)
+            await asyncio.sleep(pause_s)
+    finally:
+        await producer.stop()
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now (no group, no commit)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads the cluster metadata
+        parts = consumer.partitions_for_topic(topic) or set()
+        assert parts, f"topic {topic} has no partitions"
+
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+def lstm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return tiny_forecast_model(tmp_path_factory.mktemp("crash-model"), seed=7)
+
+
+async def check_outcome(
+    *,
+    bootstrap: str,
+    redis_url: str,
+    model: TinyModel,
+    series: Mapping[str, list[list[float]]],
+    topic: str,
+    predictions_topic: str,
+    prefix: str,
+) -> int:
+    """Assert the delivery guarantees; returns the number of duplicate predictions."""
+    inputs = await read_to_end(bootstrap, topic)
+    assert len(inputs) == sum(len(v) for v in series.values())
+    # Each stream lives on one partition; its records in offset order are its series.
+    per_stream: dict[str, list[Any]] = {}
+    for r in sorted(inputs, key=lambda r: (r.partition, r.offset)):
+        per_stream.setdefault(r.key.decode(), []).append(r)
+    want_pred: dict[str, float] = {}
+    want_state: dict[str, tuple[dict[str, np.ndarray[Any, Any]], int, int]] = {}
+    for stream, rows in series.items():
+        preds, final = offline_predictions(model.onnx_path, model.spec, rows)
+        recs = per_stream[stream]
+        assert len(recs) == len(rows)
+        for rec, p in zip(recs, preds, strict=True):
+            want_pred[f"{topic}/{rec.partition}/{rec.offset}"] = p
+        want_state[stream] = (final, recs[-1].partition, recs[-1].offset)
+
+    out = await read_to_end(bootstrap, predictions_topic)
+    seen: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    for r in out:
+        p = orjson.loads(r.value)
+        pid = p["id"]
+        assert pid in want_pred, f"prediction for an offset never produced: {pid}"
+        body = {k: v for k, v in p.items() if k != "latency_ms"}
+        if pid in seen:
+            duplicates += 1
+            assert body["stream"] == seen[pid]["stream"]
+            assert body["ts"] == seen[pid]["ts"]
+            np.testing.assert_allclose(
+                body["prediction"]["demand_next"], seen[pid]["prediction"]["demand_next"], atol=1e-5
+            )
+        else:
+            seen[pid] = body
+    missing = sorted(set(want_pred) - set(seen))
+    assert not missing, f"{len(missing)} input offsets without a prediction, e.g. {missing[:5]}"
+    got = np.array([seen[i]["prediction"]["demand_next"] for i in want_pred])
+    np.testing.assert_allclose(got, np.array(list(want_pred.values())), atol=1e-4)
+
+    codec = StateCodec(model.spec.states, model.spec.state_version)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [state_key(prefix, model.spec.name, model.spec.state_version, s) for s in series]
+        raw = cast("list[bytes | None]", await client.mget(keys))
+    finally:
+        await client.aclose()
+    for stream, value in zip(series, raw, strict=True):
+        res = codec.decode(value)
+        assert res.status is ReadStatus.OK, (stream, res.status, res.detail)
+        assert res.state is not None
+        final, partition, offset = want_state[stream]
+        assert (res.state.partition, res.state.offset) == (partition, offset), stream
+        for name, arr in final.items():
+            np.testing.assert_allclose(res.state.tensors[name], arr, atol=1e-4, err_msg=stream)
+    return duplicates
+
+
+async def test_kill_9_at_many_points_then_restart(
+    lstm: TinyModel,
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    series = make_series(n_streams=32, n_events=100, seed=3)
+    topic, preds, dlq = unique("sensor"), unique("predictions"), unique("dlq")
+    for t in (topic, preds, dlq):
+        await create_topic(kafka_bootstrap, t, partitions=3)
+    # A live stream: records keep arriving while the workers are killed and restarted, so
+    # every kill lands mid-stream however fast this machine processes them.
+    feeder = asyncio.create_task(
+        produce_live(kafka_bootstrap, topic, interleave(series, seed=4), chunk=64, pause_s=0.3)
+    )
+    try:
+        runs = await _kill_and_restart(
+            kafka_bootstrap, redis_url, lstm, topic, preds, dlq, unique, tmp_path, feeder
+        )
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+    duplicates = await check_outcome(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=lstm,
+        series=series,
+        topic=topic,
+        predictions_topic=preds,
+        prefix=runs[0].prefix,
+    )
+    assert duplicates > 0, "the after_publish kill must have produced re-published predictions"
+    print(
+        f"\n[crash test] {len(runs) - 1} kills, {duplicates} duplicate predictions; run seconds "
+        + ", ".join(f"{r.label} {r.seconds:.1f}" for r in runs)
+    )
+
+
+async def _kill_and_restart(
+    kafka_bootstrap: str,
+    redis_url: str,
+    lstm: TinyModel,
+    topic: str,
+    preds: str,
+    dlq: str,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    feeder: asyncio.Task[None],
+) -> list[WorkerRun]:
+    prefix = unique("crash")
+    env = worker_env(
+        {
+            "STATECAST_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "STATECAST_GROUP_ID": unique("group"),
+            # Shorter than the suite's 6 s: a SIGKILLed member stays in the group until its
+            # session expires, and every restart here waits for that.
+            "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(CRASH_SESSION_TIMEOUT_MS),
+            "STATECAST_REDIS_URL": redis_url,
+            "STATECAST_ROUTES": f"{topic}={lstm.spec.name}",
+            "STATECAST_MANIFEST": str(lstm.manifest),
+            "STATECAST_MODEL_ROOT": str(lstm.root),
+            "STATECAST_PREDICTIONS_TOPIC": preds,
+            "STATECAST_DLQ_TOPIC": dlq,
+            "STATECAST_STATE_PREFIX": prefix,
+            "STATECAST_HTTP_PORT": "0",
+            # Small batches: many batches, so every kill lands mid-stream.
+            "STATECAST_MAX_BATCH": "16",
+            "STATECAST_RETRY_INITIAL_S": "0.05",
+            "STATECAST_RETRY_MAX_S": "0.5",
+        }
+    )
+    rng = random.Random(KILL_SEED)
+    plan: list[tuple[str, str | None, float | None]] = [
+        ("hook after_publish:3", "after_publish:3", None),
+        ("random kill", None, rng.uniform(0.05, 0.4)),
+        ("hook after_state_write:5", "after_state_write:5", None),
+        ("random kill", None, rng.uniform(0.05, 0.4)),
+        ("hook after_commit:8", "after_commit:8", None),
+    ]
+    runs: list[WorkerRun] = []
+    for i, (label, crash_at, kill_after) in enumerate(plan):
+        run_env = dict(env)
+        if crash_at is not None:
+            run_env["STATECAST_TEST_CRASH_AT"] = crash_at
+        run = await run_worker(
+            prefix,
+            label,
+            run_env,
+            tmp_path / f"run{i}.log",
+            idle_timeout_s=10,
+            kill_after_assigned_s=kill_after,
+        )
+        runs.append(run)
+        assert run.killed, (
+            f"run {i} ({label}) was not killed: rc {run.returncode}\n{run.log[-3000:]}"
+        )
+        if crash_at is not None:
+            assert "STATECAST_TEST_CRASH_AT" in run.log, run.log[-3000:]
+    await feeder  # everything produced: the last run drains the rest
+    final = await run_worker(prefix, "final", env, tmp_path / "final.log", idle_timeout_s=2)
+    runs.append(final)
+    assert final.returncode == 0, final.log[-3000:]
+    # The kills left work for the final run: they really landed mid-stream.
+    assert "stopped: 0 records" not in final.log, final.log[-2000:]
+
+    return runs
