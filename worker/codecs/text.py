@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ class TextCodec:
         except KeyError as exc:
             raise TextCodecError(f"{spec.ref}: spec.preprocess lacks {exc}") from exc
         sha = pre.get("tokenizer_sha256")
-        self.tokenizer = _load_tokenizer(model_dir / tok_rel, None if sha is None else str(sha))
+        # Lexical normalisation: "../tokenizer/x.json" must not need model_dir to exist.
+        tok_path = Path(os.path.normpath(model_dir / tok_rel))
+        self.tokenizer = _load_tokenizer(tok_path, None if sha is None else str(sha))
         self.pad_id = int(pre.get("pad_id", 0))
         self.max_chars = int(
             options.get("max_chars", pre.get("max_text_chars", DEFAULT_MAX_TEXT_CHARS))
