@@ -124,3 +124,42 @@ async def replay_conversations(
         sent += 1
     await asyncio.gather(*pending)
     return ReplayReport(sent, len(conversations), time.monotonic() - start)
+
+
+async def replay_imdb(
+    bootstrap: str, n: int, topic: str = TEXT_TOPIC, rate: float | None = None, seed: int = 0
+) -> ReplayReport:
+    """Replay ``n`` IMDB test reviews as conversations into ``topic`` on ``bootstrap``."""
+    convs = load_imdb_conversations(n, seed=seed)
+    # acks=all, no idempotence: Tansu has no InitProducerId.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        return await replay_conversations(producer, convs, topic=topic, rate=rate)
+    finally:
+        await producer.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtest.text_streams``: replay IMDB conversations once, then exit."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--topic", default=TEXT_TOPIC)
+    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=None, help="messages/s (default: max)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    report = asyncio.run(
+        replay_imdb(args.bootstrap, args.conversations, args.topic, args.rate, args.seed)
+    )
+    print(
+        f"replayed {report.messages} messages of {report.conversations} conversations "
+        f"to {args.topic} in {report.seconds:.1f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

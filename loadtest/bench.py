@@ -1,0 +1,516 @@
+"""``statecast bench``: the naive reference worker and statecast's worker on the same events.
+
+One run, in order:
+
+1. broker and Redis: our own on free ports (or the running embedded stack), pinned with
+   this process (generator, measurer) to the last core;
+2. the generator writes ``events`` real-series events as ``streams`` keyed streams into a
+   fresh input topic, as fast as it can (its rate is reported: it must be far above the
+   workers');
+3. the naive worker (``loadtest.naive``, own process, pinned to a worker core) consumes
+   the same topic with its own group for at most ``naive_seconds``;
+4. statecast's worker (``loadtest.bench_worker``: ``worker.loop.Worker`` with stage
+   timers, own process(es), pinned) drains the whole backlog; time counts from partition
+   assignment (Tansu's JoinGroup takes seconds) to the moment the predictions topic holds
+   one prediction per input;
+5. with the worker still running, the generator offers half of that throughput for
+   ``latency_seconds`` and the measurer matches predictions to inputs by id.
+
+Prints one JSON object (see :func:`run_bench`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from export.manifest import DEFAULT_MANIFEST, ManifestError, check_digest, load_manifest
+from loadtest import machine
+from loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
+from loadtest.latency import LatencyBook, SendLog
+from loadtest.measure import Measurer
+from loadtest.series import series_for_topic
+from loadtest.topics import ensure_topics
+from worker.stack import Service, StackConfig
+
+SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
+STAGES = (
+    "poll",
+    "decode",
+    "state_read",
+    "waves",
+    "inference",
+    "encode",
+    "produce",
+    "metrics",
+    "state_write",
+    "commit",
+    "other",
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (no model, a worker died, a phase never finished)."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str = "sensor_lstm"
+    series: str = "sensor"  # which real series feeds the model
+    events: int = 400_000
+    streams: int = 10_000
+    partitions: int = 8
+    workers: int = 1
+    naive_seconds: float = 20.0
+    naive_events: int = 50_000
+    latency_seconds: float = 20.0
+    drain_timeout_s: float = 120.0
+    skip_naive: bool = False
+    manifest: Path = DEFAULT_MANIFEST
+    stack: StackConfig | None = None  # None: start our own broker and Redis
+    pin: bool = True
+    workdir: Path | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchSettings:
+        base: dict[str, Any] = {
+            "events": 150_000,
+            "streams": 10_000,
+            "naive_seconds": 8.0,
+            "naive_events": 20_000,
+            "latency_seconds": 8.0,
+            "drain_timeout_s": 45.0,
+        }
+        return cls(**(base | overrides))
+
+
+@dataclass
+class _Proc:
+    """A child process whose stdout carries JSON lines."""
+
+    proc: asyncio.subprocess.Process
+    name: str
+    stderr_path: Path
+    lines: asyncio.Queue[dict[str, Any]]
+    reader: asyncio.Task[None] | None = None
+
+    async def read_lines(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                obj = orjson.loads(raw)
+                if isinstance(obj, dict):
+                    await self.lines.put(obj)
+
+    async def expect(self, event: str | None, within_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + within_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(
+                    f"{self.name}: no {event or 'result'} line in {within_s:.0f}s; its stderr "
+                    f"ends with:\n{self.stderr_tail()}"
+                )
+            try:
+                obj = await asyncio.wait_for(self.lines.get(), timeout=min(left, 0.5))
+            except TimeoutError:
+                if self.proc.returncode is not None and self.lines.empty():
+                    raise BenchError(
+                        f"{self.name} exited with {self.proc.returncode}:\n{self.stderr_tail()}"
+                    ) from None
+                continue
+            if event is None or obj.get("event") == event:
+                return obj
+
+    def stderr_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return "(no stderr)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def stop(self, within_s: float = 20.0) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), within_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self.reader is not None:
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+
+async def _spawn(
+    name: str, args: Sequence[str], env: dict[str, str], workdir: Path, cores: set[int] | None
+) -> _Proc:
+    stderr_path = workdir / f"{name}.stderr"
+    with stderr_path.open("wb") as errfh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errfh,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+    if cores is not None:
+        machine.pin(proc.pid, cores)
+    p = _Proc(proc, name, stderr_path, asyncio.Queue())
+    p.reader = asyncio.create_task(p.read_lines(), name=f"{name}-stdout")
+    return p
+
+
+async def _prediction_count(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
+    ends = await consumer.end_offsets(tps)
+    return int(sum(ends.values()))
+
+
+def _worker_env(
+    settings: BenchSettings, bootstrap: str, redis_url: str, names: dict[str, str]
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "STATECAST_KAFKA_BOOTSTRAP": bootstrap,
+            "STATECAST_GROUP_ID": names["group"],
+            "STATECAST_REDIS_URL": redis_url,
+            "STATECAST_ROUTES": f"{names['input']}={settings.model}",
+            "STATECAST_PREDICTIONS_TOPIC": names["predictions"],
+            "STATECAST_DLQ_TOPIC": names["dlq"],
+            "STATECAST_STATE_PREFIX": names["prefix"],
+            "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+            "STATECAST_MANIFEST": str(settings.manifest),
+            "STATECAST_MODEL_ROOT": str(settings.manifest.resolve().parent.parent),
+            "STATECAST_HTTP_PORT": "0",
+        }
+    )
+    return env
+
+
+class _Stack:
+    """Our own broker and Redis on free ports, or the running embedded stack."""
+
+    def __init__(self, settings: BenchSettings, workdir: Path) -> None:
+        self._config = settings.stack
+        self._own: list[Service] = []
+        self._workdir = workdir
+        self._repinned: list[tuple[int, set[int]]] = []
+
+    def start(self, infra: set[int] | None) -> tuple[str, str]:
+        if self._config is not None:
+            if infra is not None:
+                for svc in self._config.services():
+                    pid = svc.running_pid()
+                    old = machine.pin(pid, infra) if pid is not None else None
+                    if pid is not None and old is not None:
+                        self._repinned.append((pid, old))
+            return self._config.bootstrap_servers, self._config.redis_url
+        from worker.stack import free_port
+
+        kafka = Service("kafka", free_port(), self._workdir)
+        redis = Service("redis", free_port(), self._workdir)
+        for svc in (kafka, redis):
+            svc.start(timeout=30, detach=False)
+            self._own.append(svc)
+            if infra is not None and svc.process is not None:
+                machine.pin(svc.process.pid, infra)
+        return f"{kafka.host}:{kafka.port}", f"redis://{redis.host}:{redis.port}/0"
+
+    def stop(self) -> None:
+        for svc in reversed(self._own):
+            svc.stop()
+        for pid, old in self._repinned:
+            machine.pin(pid, old)
+
+
+def _model_path(settings: BenchSettings) -> Path:
+    try:
+        entry = load_manifest(settings.manifest).get(settings.model)
+        if entry is None:
+            raise BenchError(f"model {settings.model!r} is not in {settings.manifest}")
+        return check_digest(entry, settings.manifest.resolve().parent.parent)
+    except ManifestError as exc:
+        raise BenchError(str(exc)) from exc
+
+
+async def run_bench(settings: BenchSettings, log: Any = sys.stderr) -> dict[str, Any]:
+    """Run every phase; return the JSON-able result."""
+    onnx_path = _model_path(settings)
+    worker_cores, infra = machine.split_cores(settings.workers)
+    pinned = settings.pin and len(os.sched_getaffinity(0)) >= 2
+    own_affinity = set(os.sched_getaffinity(0))
+    if pinned:
+        machine.pin(os.getpid(), infra)
+    info = machine.describe()
+    with tempfile.TemporaryDirectory(prefix="statecast-bench-") as tmp:
+        workdir = settings.workdir or Path(tmp)
+        stack = _Stack(settings, workdir)
+        try:
+            bootstrap, redis_url = await asyncio.to_thread(stack.start, infra if pinned else None)
+            result = await _phases(
+                settings,
+                bootstrap,
+                redis_url,
+                onnx_path,
+                workdir,
+                worker_cores if pinned else None,
+                log,
+            )
+        finally:
+            await asyncio.to_thread(stack.stop)
+            if pinned:
+                machine.pin(os.getpid(), own_affinity)
+    result["machine"] = info | {
+        "pinning": (
+            f"worker process(es) on cores {[sorted(c) for c in worker_cores]}; broker, Redis, "
+            f"generator and measurer on {sorted(infra)}"
+            if pinned
+            else "not pinned"
+        )
+    }
+    return result
+
+
+async def _phases(
+    settings: BenchSettings,
+    bootstrap: str,
+    redis_url: str,
+    onnx_path: Path,
+    workdir: Path,
+    worker_cores: list[set[int]] | None,
+    log: Any,
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    names = {
+        "input": f"bench-{run_id}-{settings.series}",
+        "predictions": f"bench-{run_id}-predictions",
+        "naive_predictions": f"bench-{run_id}-naive-predictions",
+        "dlq": f"bench-{run_id}-dlq",
+        "group": f"bench-{run_id}-statecast",
+        "prefix": f"bench-{run_id}",
+    }
+    p = settings.partitions
+    counts = await ensure_topics(
+        bootstrap,
+        {
+            names["input"]: p,
+            names["predictions"]: p,
+            names["naive_predictions"]: p,
+            names["dlq"]: 1,
+        },
+    )
+    series = tuple(await asyncio.to_thread(series_for_topic, settings.series))
+    plan = StreamPlan(
+        names["input"], series, settings.streams, counts[names["input"]], id_prefix=settings.series
+    )
+    result: dict[str, Any] = {
+        "model": settings.model,
+        "events": settings.events,
+        "streams": settings.streams,
+        "partitions": p,
+        "workers": settings.workers,
+    }
+
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        sends = SendLog()
+        gen = Generator(producer, [plan], GeneratorConfig(count=settings.events), sends)
+        report = await gen.run()
+        result["generator_eps"] = round(report.eps, 1)
+        log.write(f"bench: generator wrote {report.events:,} events at {report.eps:,.0f}/s\n")
+
+        # -- naive ------------------------------------------------------------------------
+        if settings.skip_naive:
+            result["naive"] = None
+            naive_eps = None
+        else:
+            naive = await _spawn(
+                "naive",
+                [
+                    "-m",
+                    "loadtest.naive",
+                    "--bootstrap",
+                    bootstrap,
+                    "--redis-url",
+                    redis_url,
+                    "--topic",
+                    names["input"],
+                    "--group",
+                    f"bench-{run_id}-naive",
+                    "--predictions-topic",
+                    names["naive_predictions"],
+                    "--onnx",
+                    str(onnx_path),
+                    "--key-prefix",
+                    f"bench-{run_id}-naive",
+                    "--max-events",
+                    str(min(settings.naive_events, settings.events)),
+                    "--max-seconds",
+                    str(settings.naive_seconds),
+                ],
+                dict(os.environ),
+                workdir,
+                worker_cores[0] if worker_cores else None,
+            )
+            try:
+                naive_out = await naive.expect(None, settings.naive_seconds + 60)
+            finally:
+                await naive.stop()
+            result["naive"] = naive_out
+            naive_eps = float(naive_out["eps"])
+            log.write(f"bench: naive worker {naive_eps:,.0f} events/s\n")
+
+        # -- statecast: backlog -----------------------------------------------------------
+        env = _worker_env(settings, bootstrap, redis_url, names)
+        workers = [
+            await _spawn(
+                f"statecast-worker-{i}",
+                ["-m", "loadtest.bench_worker"],
+                env,
+                workdir,
+                worker_cores[i] if worker_cores else None,
+            )
+            for i in range(settings.workers)
+        ]
+        try:
+            result.update(await _statecast_phases(settings, bootstrap, names, workers, gen, log))
+        finally:
+            for w in workers:
+                await w.stop()
+    finally:
+        await producer.stop()
+    return result
+
+
+async def _statecast_phases(
+    settings: BenchSettings,
+    bootstrap: str,
+    names: dict[str, str],
+    workers: list[_Proc],
+    gen: Generator,
+    log: Any,
+) -> dict[str, Any]:
+    assigned = [await w.expect("assigned", 90) for w in workers]
+    t0 = min(float(a["wall"]) for a in assigned)
+    watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await watcher.start()
+    try:
+        parts = await _wait_partitions(watcher, names["predictions"])
+        tps = [TopicPartition(names["predictions"], q) for q in parts]
+        deadline = time.monotonic() + settings.drain_timeout_s
+        done = 0
+        while True:
+            done = await _prediction_count(watcher, tps)
+            if done >= settings.events:
+                break
+            for w in workers:
+                if w.proc.returncode is not None:
+                    raise BenchError(f"{w.name} exited:\n{w.stderr_tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"statecast published {done:,} of {settings.events:,} predictions within "
+                    f"{settings.drain_timeout_s:.0f}s"
+                )
+            await asyncio.sleep(0.05)
+        t_done = time.time()
+    finally:
+        await watcher.stop()
+    for w in workers:
+        w.proc.send_signal(signal.SIGUSR1)
+    snaps = [await w.expect("snapshot", 30) for w in workers]
+    seconds = t_done - t0
+    eps = settings.events / seconds
+    log.write(f"bench: statecast drained {settings.events:,} events at {eps:,.0f}/s\n")
+    records = sum(int(s["records"]) for s in snaps)
+    cpu_s = sum(float(s["cpu_s"]) for s in snaps)
+    stages = {k: sum(float(s["stages_s"].get(k, 0.0)) for s in snaps) for k in STAGES}
+    per_event = {k: round(v / max(records, 1) * 1e6, 2) for k, v in stages.items()}
+    busy = {k: v for k, v in per_event.items() if k != "poll"}
+    out: dict[str, Any] = {
+        "statecast_eps": round(eps, 1),
+        "statecast_seconds": round(seconds, 3),
+        "cpu_us_per_event": round(cpu_s / max(records, 1) * 1e6, 2),
+        "stages_us_per_event": per_event,
+        "bottleneck": max(busy, key=lambda k: busy[k]) if records else None,
+        "batches": sum(int(s["batches"]) for s in snaps),
+        "mean_batch_records": round(records / max(sum(int(s["batches"]) for s in snaps), 1), 1),
+    }
+    out["waves_per_batch"] = round(
+        sum(float(s["waves"]) for s in snaps) / max(out["batches"], 1), 2
+    )
+
+    # -- latency at half the measured throughput -----------------------------------------
+    rate = eps / 2
+    count = max(int(rate * settings.latency_seconds), 1)
+    sends = SendLog()
+    book = LatencyBook(sends)
+    measurer = Measurer(bootstrap, names["predictions"], book)
+    await measurer.start()
+    try:
+        # The same streams go on where the backlog left them, now at a steady rate.
+        gen.sends = sends
+        gen_task = asyncio.create_task(
+            gen.run(GeneratorConfig(rate=rate, count=count)), name="latency-generator"
+        )
+
+        def until() -> bool:
+            return gen_task.done() and book.matched >= sends.records
+
+        try:
+            await measurer.run(until, idle_timeout_s=15.0)
+            await gen_task
+        finally:
+            if not gen_task.done():
+                gen_task.cancel()
+            await asyncio.gather(gen_task, return_exceptions=True)
+    finally:
+        await measurer.stop()
+    lat = book.summary()
+    out["offered_eps"] = round(rate, 1)
+    out["p50_ms"] = lat["p50_ms"]
+    out["p99_ms"] = lat["p99_ms"]
+    out["latency"] = lat
+    return out
+
+
+async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    for _ in range(100):
+        await consumer.topics()
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        await asyncio.sleep(0.1)
+    raise BenchError(f"topic {topic} has no partitions")
+
+
+def finish(result: dict[str, Any]) -> dict[str, Any]:
+    """Add the ratio and the targets (reported, never asserted)."""
+    naive = result.get("naive")
+    naive_eps = float(naive["eps"]) if isinstance(naive, dict) else None
+    result["naive_eps"] = naive_eps
+    sc = float(result["statecast_eps"])
+    result["ratio"] = round(sc / naive_eps, 1) if naive_eps else None
+    result["targets"] = {
+        "statecast_eps>=35000": sc >= 35_000,
+        "ratio>=30": result["ratio"] is not None and result["ratio"] >= 30,
+        "p99_ms<=50": result["p99_ms"] is not None and result["p99_ms"] <= 50,
+    }
+    return result

@@ -1,0 +1,80 @@
+"""``statecast bench [--quick]``: naive worker vs statecast's worker on the same events.
+
+Progress goes to stderr; stdout carries exactly one JSON object. Targets are reported in
+it (``targets``), never enforced: the exit status is 0 whenever the benchmark ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from loadtest.bench import BenchError, BenchSettings, finish, run_bench
+from worker.stack import StackConfig
+from worker.stack_cli import DEFAULT_DIR
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
+    parser.add_argument("--model", default="sensor_lstm", help="manifest model to serve")
+    parser.add_argument(
+        "--series", default=None, choices=["sensor", "prices"], help="real series to replay"
+    )
+    parser.add_argument("--events", type=int, default=None, help="backlog events")
+    parser.add_argument("--streams", type=int, default=None, help="concurrent streams")
+    parser.add_argument("--partitions", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="statecast worker processes")
+    parser.add_argument("--naive-seconds", type=float, default=None)
+    parser.add_argument("--naive-events", type=int, default=None)
+    parser.add_argument("--latency-seconds", type=float, default=None)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--manifest", type=Path, default=None)
+    parser.add_argument(
+        "--use-stack",
+        action="store_true",
+        help="use the running embedded stack (statecast stack up) instead of starting one",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    base = BenchSettings.quick() if args.quick else BenchSettings()
+    series = args.series or ("prices" if args.model == "price_gru" else "sensor")
+    overrides: dict[str, object] = {
+        "model": args.model,
+        "series": series,
+        "workers": args.workers,
+        "skip_naive": args.skip_naive,
+        "pin": not args.no_pin,
+    }
+    for name in (
+        "events",
+        "streams",
+        "partitions",
+        "naive_seconds",
+        "naive_events",
+        "latency_seconds",
+        "manifest",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.use_stack:
+        overrides["stack"] = StackConfig.from_env(DEFAULT_DIR)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        result = asyncio.run(run_bench(settings))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(finish(result)).decode())
+    return 0

@@ -1,0 +1,120 @@
+"""Real series to replay, pre-rendered so the generator only concatenates bytes per event.
+
+A :class:`ReplaySeries` is one real series (the elecdemand sensor, one ticker) in the event
+format of the team table: ``{"stream", "ts", "values": {...}}``. The ``"values"`` part of
+every row is rendered once with orjson (exact float text); the generator joins a stream
+prefix, the timestamp and that part per event.
+
+A stream that reaches the end of its series wraps around to the start, and its timestamps
+move on by one span per lap, so a stream's ``ts`` only ever increases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+# The model each replayed topic feeds, and the feature columns it expects, in order.
+SENSOR_TOPIC = "sensor"
+PRICES_TOPIC = "prices"
+SENSOR_FEATURES: tuple[str, ...] = ("demand", "temperature", "workday")
+PRICE_FEATURES: tuple[str, ...] = ("log_return",)
+# The feature each forecaster predicts one step ahead (for the demo's forecast-vs-actual).
+TARGET_FEATURE = {SENSOR_TOPIC: "demand", PRICES_TOPIC: "log_return"}
+
+
+@dataclass(frozen=True)
+class ReplaySeries:
+    """One real series: ``ts`` epoch ms (increasing), ``values`` rows x features."""
+
+    name: str
+    features: tuple[str, ...]
+    ts: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    integer_features: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if len(self.ts) < 2 or len(self.ts) != len(self.values):
+            raise ValueError(f"series {self.name}: needs >= 2 rows and one ts per row")
+        if self.values.shape[1] != len(self.features):
+            raise ValueError(f"series {self.name}: {self.values.shape[1]} columns for features")
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def span_ms(self) -> int:
+        """How far ``ts`` moves on per lap: the covered time plus one typical step."""
+        step = int(np.median(np.diff(self.ts)))
+        return int(self.ts[-1] - self.ts[0]) + step
+
+    def render_values(self) -> list[bytes]:
+        """Per row: ``,"values":{...}}``, the tail of an event after its timestamp."""
+        cols = []
+        for j, name in enumerate(self.features):
+            col = self.values[:, j]
+            cols.append(col.astype(np.int64).tolist() if name in self.integer_features else col)
+        rows: list[bytes] = []
+        for i in range(len(self)):
+            vals = {name: _number(cols[j][i]) for j, name in enumerate(self.features)}
+            rows.append(b',"values":' + orjson.dumps(vals) + b"}")
+        return rows
+
+    def event_ts(self, row: int, lap: int) -> int:
+        return int(self.ts[row]) + lap * self.span_ms
+
+    def locate(self, ts: int) -> int | None:
+        """The row an event timestamp came from (any lap), or None."""
+        span = self.span_ms
+        base = int(self.ts[0]) + (ts - int(self.ts[0])) % span
+        idx = int(np.searchsorted(self.ts, base))
+        return idx if idx < len(self.ts) and int(self.ts[idx]) == base else None
+
+
+def _number(v: object) -> float | int:
+    return v if isinstance(v, int) else float(v)  # type: ignore[arg-type]
+
+
+def sensor_series() -> list[ReplaySeries]:
+    """fpp2 elecdemand: one real multivariate sensor series (17,520 half-hours of 2014)."""
+    from models.datasets import load_elecdemand
+
+    frame = load_elecdemand()
+    return [
+        ReplaySeries(
+            name="elecdemand",
+            features=SENSOR_FEATURES,
+            ts=frame["ts"].to_numpy(dtype=np.int64),
+            values=frame[list(SENSOR_FEATURES)].to_numpy(dtype=np.float64),
+            integer_features=frozenset({"workday"}),
+        )
+    ]
+
+
+def price_series(tickers: Sequence[str] | None = None) -> list[ReplaySeries]:
+    """Daily close-to-close log returns of each ticker the data packages ship."""
+    from models.datasets import load_stock_prices
+
+    out = []
+    for ticker, frame in load_stock_prices(tickers).items():
+        out.append(
+            ReplaySeries(
+                name=ticker,
+                features=PRICE_FEATURES,
+                ts=frame["ts"].to_numpy(dtype=np.int64),
+                values=frame[list(PRICE_FEATURES)].to_numpy(dtype=np.float64),
+            )
+        )
+    return out
+
+
+def series_for_topic(topic: str) -> list[ReplaySeries]:
+    if topic == SENSOR_TOPIC:
+        return sensor_series()
+    if topic == PRICES_TOPIC:
+        return price_series()
+    raise ValueError(f"no real series is replayed to topic {topic!r} (know sensor, prices)")
