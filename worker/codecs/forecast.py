@@ -85,7 +85,8 @@ class ForecastCodec:
                         continue
             out[i] = self._diagnose(obj)
         if rows:
-            x = np.asarray(rows, dtype=np.float64).astype(np.float32)
+            with np.errstate(over="ignore"):  # float32 overflow becomes inf: rejected below
+                x = np.asarray(rows, dtype=np.float64).astype(np.float32)
             finite = cast("list[bool]", np.isfinite(x).all(axis=1).tolist())
             for j, (i, stream, ts) in enumerate(row_meta):
                 if finite[j]:
