@@ -201,7 +201,7 @@ def _train_config(
 
 def train_sensor_lstm(
     *,
-    epochs: int = 30,
+    epochs: int = 60,
     seed: int = 0,
     cell: CellType = "lstm",
     hidden: int = 48,
