@@ -50,7 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("demand", "temperature", "workday")
 ASSIGNED_MARK = "assigned [("
 CRASH_SESSION_TIMEOUT_MS = min(3000, CONSUMER_SESSION_TIMEOUT_MS)
-KILL_SEED = 20261123  # printed on failure via the run logs; fixed so a failure reproduces
 
 # -- running the worker as a child process ------------------------------------------------
 
@@ -58,6 +57,7 @@ KILL_SEED = 20261123  # printed on failure via the run logs; fixed so a failure 
 @dataclass(frozen=True)
 class WorkerRun:
     prefix: str  # the state key prefix it ran with
+    seed: int  # of the random kill moments
     label: str
     returncode: int
     log: str
@@ -95,6 +95,7 @@ async def _wait_for_text(
 
 async def run_worker(
     prefix: str,
+    seed: int,
     label: str,
     env: Mapping[str, str],
     log_path: Path,
@@ -125,7 +126,7 @@ async def run_worker(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return WorkerRun(prefix, label, rc, _read_log(log_path), time.monotonic() - t0)
+    return WorkerRun(prefix, seed, label, rc, _read_log(log_path), time.monotonic() - t0)
 
 
 # -- data and reading back ----------------------------------------------------------------
@@ -163,18 +164,27 @@ async def produce_live(
     records: list[tuple[bytes, bytes]],
     chunk: int,
     pause_s: float,
+    hold_back: int = 0,
+    release: asyncio.Event | None = None,
 ) -> None:
-    """Send ``records`` in order, ``chunk`` at a time with a pause between chunks."""
+    """Send ``records`` in order, ``chunk`` at a time with a pause between chunks; the
+    last ``hold_back`` records only once ``release`` is set."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    paced = len(records) - hold_back
     try:
-        for start in range(0, len(records), chunk):
+        for start in range(0, paced, chunk):
             futures = [
                 await producer.send(topic, value, key=key)
-                for key, value in records[start : start + chunk]
+                for key, value in records[start : min(start + chunk, paced)]
             ]
             await asyncio.gather(*futures)
             await asyncio.sleep(pause_s)
+        if hold_back:
+            assert release is not None
+            await release.wait()
+            futures = [await producer.send(topic, v, key=k) for k, v in records[paced:]]
+            await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
@@ -292,13 +302,33 @@ async def test_kill_9_at_many_points_then_restart(
     for t in (topic, preds, dlq):
         await create_topic(kafka_bootstrap, t, partitions=3)
     # A live stream: records keep arriving while the workers are killed and restarted, so
-    # every kill lands mid-stream however fast this machine processes them.
+    # every kill lands mid-stream however fast this machine is; the last fifth is held back
+    # until the kills are done, so the last run always has work left.
+    records = interleave(series, seed=4)
+    kills_done = asyncio.Event()
     feeder = asyncio.create_task(
-        produce_live(kafka_bootstrap, topic, interleave(series, seed=4), chunk=64, pause_s=0.3)
+        produce_live(
+            kafka_bootstrap,
+            topic,
+            records,
+            chunk=64,
+            pause_s=0.3,
+            hold_back=len(records) // 5,
+            release=kills_done,
+        )
     )
     try:
         runs = await _kill_and_restart(
-            kafka_bootstrap, redis_url, lstm, topic, preds, dlq, unique, tmp_path, feeder
+            kafka_bootstrap,
+            redis_url,
+            lstm,
+            topic,
+            preds,
+            dlq,
+            unique,
+            tmp_path,
+            feeder,
+            kills_done,
         )
     finally:
         if not feeder.done():
@@ -317,6 +347,7 @@ async def test_kill_9_at_many_points_then_restart(
     print(
         f"\n[crash test] {len(runs) - 1} kills, {duplicates} duplicate predictions; run seconds "
         + ", ".join(f"{r.label} {r.seconds:.1f}" for r in runs)
+        + f" (kill seed {runs[0].seed})"
     )
 
 
@@ -330,6 +361,7 @@ async def _kill_and_restart(
     unique: Callable[[str], str],
     tmp_path: Path,
     feeder: asyncio.Task[None],
+    kills_done: asyncio.Event,
 ) -> list[WorkerRun]:
     prefix = unique("crash")
     env = worker_env(
@@ -353,7 +385,9 @@ async def _kill_and_restart(
             "STATECAST_RETRY_MAX_S": "0.5",
         }
     )
-    rng = random.Random(KILL_SEED)
+    # Fresh kill moments every run; the seed is in every failure message to replay one.
+    seed = random.SystemRandom().randrange(1 << 32)
+    rng = random.Random(seed)
     plan: list[tuple[str, str | None, float | None]] = [
         ("hook after_publish:3", "after_publish:3", None),
         ("random kill", None, rng.uniform(0.05, 0.4)),
@@ -368,6 +402,7 @@ async def _kill_and_restart(
             run_env["STATECAST_TEST_CRASH_AT"] = crash_at
         run = await run_worker(
             prefix,
+            seed,
             label,
             run_env,
             tmp_path / f"run{i}.log",
@@ -376,14 +411,15 @@ async def _kill_and_restart(
         )
         runs.append(run)
         assert run.killed, (
-            f"run {i} ({label}) was not killed: rc {run.returncode}\n{run.log[-3000:]}"
+            f"run {i} ({label}, seed {seed}) was not killed: rc {run.returncode}\n{run.log[-3000:]}"
         )
         if crash_at is not None:
             assert "STATECAST_TEST_CRASH_AT" in run.log, run.log[-3000:]
+    kills_done.set()
     await feeder  # everything produced: the last run drains the rest
-    final = await run_worker(prefix, "final", env, tmp_path / "final.log", idle_timeout_s=2)
+    final = await run_worker(prefix, seed, "final", env, tmp_path / "final.log", idle_timeout_s=2)
     runs.append(final)
-    assert final.returncode == 0, final.log[-3000:]
+    assert final.returncode == 0, f"seed {seed}\n{final.log[-3000:]}"
     # The kills left work for the final run: they really landed mid-stream.
     assert "stopped: 0 records" not in final.log, final.log[-2000:]
 
