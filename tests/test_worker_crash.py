@@ -30,19 +30,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
 from tests.kafka_helpers import create_topic
 from tests.worker_helpers import TinyModel, event, offline_predictions, tiny_forecast_model
-from worker.state_codec import ReadStatus, StateCodec
-from worker.state_store import state_key
+from worker.redis_conn import RedisSettings, connect_redis
+from worker.state_store import ReadStatus, StateStore, state_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -232,6 +231,7 @@ async def check_outcome(
     topic: str,
     predictions_topic: str,
     prefix: str,
+    redis_cluster: bool = False,
 ) -> int:
     """Assert the delivery guarantees; returns the number of duplicate predictions."""
     inputs = await read_to_end(bootstrap, topic)
@@ -272,15 +272,14 @@ async def check_outcome(
     got = np.array([seen[i]["prediction"]["demand_next"] for i in want_pred])
     np.testing.assert_allclose(got, np.array(list(want_pred.values())), atol=1e-4)
 
-    codec = StateCodec(model.spec.states, model.spec.state_version)
-    client = aioredis.Redis.from_url(redis_url)
+    client = await connect_redis(RedisSettings(url=redis_url, cluster=redis_cluster))
     try:
+        store = StateStore(client, 60, model.spec.states, model.spec.state_version)
         keys = [state_key(prefix, model.spec.name, model.spec.state_version, s) for s in series]
-        raw = cast("list[bytes | None]", await client.mget(keys))
+        results = await store.read_many(keys)
     finally:
         await client.aclose()
-    for stream, value in zip(series, raw, strict=True):
-        res = codec.decode(value)
+    for stream, res in zip(series, results, strict=True):
         assert res.status is ReadStatus.OK, (stream, res.status, res.detail)
         assert res.state is not None
         final, partition, offset = want_state[stream]

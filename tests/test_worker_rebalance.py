@@ -1,5 +1,8 @@
 """Two workers rebalancing mid-stream: the second joins while records keep arriving.
 
+The states live in a three-node Redis Cluster, so every batch's state keys span slots
+and nodes (one MGET and one fenced EVALSHA per slot, pipelined per node).
+
 Worker A starts alone and owns every partition; once it has applied part of every stream,
 worker B joins the same group and takes some partitions over. B starts those streams from
 the states A left in Redis (no cache of its own), A drops them from its cache on revoke.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.kafka_helpers import create_topic
+from tests.redis_cluster import RedisClusterHandle, redis_cluster
 from tests.test_worker_crash import check_outcome, interleave, make_series, produce_live
 from tests.worker_helpers import TinyModel, tiny_forecast_model, worker_settings
 from worker.loop import Worker
@@ -42,8 +46,17 @@ async def _wait_until(cond: Callable[[], bool], within_s: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterHandle]:
+    with redis_cluster(tmp_path_factory.mktemp("rebalance-cluster")) as handle:
+        yield handle
+
+
 async def test_second_worker_joins_mid_stream_and_continues_from_redis(
-    lstm: TinyModel, kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]
+    lstm: TinyModel,
+    kafka_bootstrap: str,
+    cluster: RedisClusterHandle,
+    unique: Callable[[str], str],
 ) -> None:
     series = make_series(n_streams=24, n_events=100, seed=5)
     total = sum(len(v) for v in series.values())
@@ -52,7 +65,7 @@ async def test_second_worker_joins_mid_stream_and_continues_from_redis(
         await create_topic(kafka_bootstrap, t, partitions=4)
     settings = worker_settings(
         bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
+        redis_url=cluster.url,
         model=lstm,
         routes=[Route(topic, lstm.spec.name)],
         predictions=preds,
@@ -62,7 +75,9 @@ async def test_second_worker_joins_mid_stream_and_continues_from_redis(
         max_batch_records=32,
     )
     settings = replace(
-        settings, kafka=replace(settings.kafka, session_timeout_ms=SESSION_TIMEOUT_MS)
+        settings,
+        kafka=replace(settings.kafka, session_timeout_ms=SESSION_TIMEOUT_MS),
+        redis=replace(settings.redis, cluster=True),
     )
     a = Worker(settings, CollectorRegistry())
     b = Worker(
@@ -98,7 +113,8 @@ async def test_second_worker_joins_mid_stream_and_continues_from_redis(
     assert a.stats.records + b.stats.records >= total
     await check_outcome(
         bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
+        redis_url=cluster.url,
+        redis_cluster=True,
         model=lstm,
         series=series,
         topic=topic,
