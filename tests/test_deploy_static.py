@@ -150,6 +150,16 @@ def test_config_names_real_worker_settings(overlay: tuple[str, list[dict[str, An
     assert worker_env(documents)["STATECAST_HTTP_PORT"] == "8080"
 
 
+def test_routes_name_models_the_image_ships(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """The worker refuses to start on a route whose model is not in the manifest."""
+    _, documents = overlay
+    routes = worker_env(documents)["STATECAST_ROUTES"]
+    models = {r.split("=", 1)[1].split("?", 1)[0] for r in routes.split(";") if r}
+    manifest = json.loads((ROOT / "models/manifest.json").read_text())
+    assert models
+    assert models - {m["name"] for m in manifest["models"]} == set()
+
+
 def test_scaling_is_capped_at_the_partition_count(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
