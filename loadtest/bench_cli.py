@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--manifest", type=Path, default=None)
     parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the processes' logs here (default: temp)"
+    )
+    parser.add_argument(
         "--use-stack",
         action="store_true",
         help="use the running embedded stack (statecast stack up) instead of starting one",
@@ -60,6 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         "naive_events",
         "latency_seconds",
         "manifest",
+        "workdir",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -37,34 +37,44 @@ log = logging.getLogger(__name__)
 
 
 class StageClock:
-    """Seconds per stage, summed over the run (single event loop + one inference thread)."""
+    """Wall and thread-CPU seconds per stage, summed over the run.
+
+    Thread CPU is robust to other processes sharing the core (wall time is not); for an
+    awaited stage it also counts what other tasks of the loop ran meanwhile.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.last_end: dict[str, float] = {}
+
+    def _add(self, stage: str, t0: float, c0: float) -> None:
+        self.seconds[stage] += time.perf_counter() - t0
+        self.cpu[stage] += time.thread_time() - c0
+        self.calls[stage] += 1
+        self.last_end[stage] = time.time()
 
     def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def timed_async(*args: Any, **kwargs: Any) -> Any:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 try:
                     return await fn(*args, **kwargs)
                 finally:
-                    self.seconds[stage] += time.perf_counter() - t0
-                    self.calls[stage] += 1
+                    self._add(stage, t0, c0)
 
             return timed_async
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[stage] += time.perf_counter() - t0
-                self.calls[stage] += 1
+                self._add(stage, t0, c0)
 
         return timed
 
@@ -100,15 +110,15 @@ def instrument(worker: Any, clock: StageClock) -> None:
         worker._build_consumer = build_timed
 
 
-def stage_breakdown(clock: StageClock, inference_s: float) -> dict[str, float]:
+def stage_breakdown(seconds: dict[str, float], inference_s: float) -> dict[str, float]:
     """Per-stage seconds with the composite timers split into their parts."""
-    s = clock.seconds
+    s = seconds
     out: dict[str, float] = {}
     out["poll"] = s.get("poll", 0.0)
     out["decode"] = s.get("decode", 0.0)
     out["state_read"] = s.get("state_read", 0.0)
     waves = s.get("run_waves", 0.0)
-    out["inference"] = inference_s
+    out["inference"] = min(inference_s, waves) if waves else inference_s
     out["waves"] = max(waves - inference_s, 0.0)
     out["encode"] = max(s.get("compute", 0.0) - waves, 0.0)
     out["produce"] = s.get("produce", 0.0)
@@ -160,7 +170,7 @@ async def serve() -> int:
 
     def report(event: str) -> None:
         registry = worker.metrics.registry
-        stages = stage_breakdown(clock, _sum_samples(registry, "statecast_step_seconds_sum"))
+        step_s = _sum_samples(registry, "statecast_step_seconds_sum")
         cpu0 = cpu_at_assign[0] if cpu_at_assign else 0.0
         _emit(
             {
@@ -172,7 +182,10 @@ async def serve() -> int:
                 "waves": _sum_samples(registry, "statecast_waves_per_batch_sum"),
                 "busy_s": worker.stats.busy_s,
                 "cpu_s": time.process_time() - cpu0,
-                "stages_s": stages,
+                "last_batch_wall": clock.last_end.get("process"),
+                "stages_s": stage_breakdown(clock.seconds, step_s),
+                # session.run is CPU-bound in the inference thread: its wall time is its CPU.
+                "stages_cpu_s": stage_breakdown(clock.cpu, step_s),
             }
         )
 

@@ -1,0 +1,31 @@
+"""The real series the generator replays (pure logic over the shipped data sets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from loadtest.generator import StreamPlan
+from loadtest.series import price_series
+
+pytestmark = pytest.mark.unit
+
+
+def test_price_streams_cycle_through_tickers_and_wrap_forward_in_time() -> None:
+    prices = price_series()
+    assert [s.name for s in prices] == ["AAPL", "GOOG", "IBM", "MSFT", "SP500"]
+    plan = StreamPlan("prices", tuple(prices), 12, 4)
+    assert plan.series_of(0).name == "AAPL"
+    assert plan.series_of(6).name == "GOOG"
+    goog = prices[1]
+    last = goog.event_ts(len(goog) - 1, 0)
+    wrapped = goog.event_ts(0, 1)
+    assert wrapped > last
+    assert goog.locate(wrapped) == 0
+    rendered = goog.render_values()
+    assert orjson.loads(b'{"ts":1' + rendered[5]) == {
+        "ts": 1,
+        "values": {"log_return": float(goog.values[5, 0])},
+    }
+    assert np.isfinite(goog.values).all()
