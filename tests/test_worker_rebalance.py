@@ -90,11 +90,13 @@ async def test_second_worker_joins_mid_stream_and_continues_from_redis(
     task_a = asyncio.create_task(a.run(idle_timeout_s=3))
     task_b: asyncio.Task[Any] | None = None
     try:
-        # A alone until it has applied a fifth of the records (part of every stream).
-        await _wait_until(lambda: a.stats.records >= total // 5, 30, "worker A to start")
+        # A alone until it has applied an eighth of the records (part of every stream).
+        await _wait_until(lambda: a.stats.records >= total // 8, 30, "worker A to start")
         a_before_join = a.stats.records
         task_b = asyncio.create_task(b.run(idle_timeout_s=3))
+        t_join = time.monotonic()
         await _wait_until(lambda: b.stats.records > 0, 30, "worker B to get partitions and records")
+        b_first_records_s = time.monotonic() - t_join
         assert not feeder.done(), "B joined after the stream ended: not a mid-stream rebalance"
         await asyncio.wait_for(feeder, 30)
         await asyncio.wait_for(asyncio.gather(task_a, task_b), 40)
@@ -123,5 +125,6 @@ async def test_second_worker_joins_mid_stream_and_continues_from_redis(
     )
     print(
         f"\n[rebalance test] A {a.stats.records} records ({a_before_join} before B joined), "
-        f"B {b.stats.records}; replays skipped A {a.stats.replays} B {b.stats.replays}"
+        f"B {b.stats.records} (first records {b_first_records_s:.1f}s after it started); "
+        f"replays skipped A {a.stats.replays} B {b.stats.replays}"
     )
