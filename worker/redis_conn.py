@@ -86,8 +86,12 @@ def build_client(settings: RedisSettings) -> RedisClient:
         kwargs["password"] = settings.password
     if settings.username is not None:
         kwargs["username"] = settings.username
-    if settings.tls or settings.url.startswith("rediss://"):
-        kwargs["ssl"] = True
+    url = settings.url
+    if settings.tls and url.startswith("redis://"):
+        # redis-py picks its TLS connection class from the URL scheme (an ``ssl=True``
+        # argument next to a URL is refused), so the TLS flag becomes ``rediss://``.
+        url = "rediss://" + url[len("redis://") :]
+    if url.startswith("rediss://"):
         if settings.tls_ca_file:
             kwargs["ssl_ca_certs"] = settings.tls_ca_file
         if settings.tls_cert_file:
@@ -95,8 +99,8 @@ def build_client(settings: RedisSettings) -> RedisClient:
         if settings.tls_key_file:
             kwargs["ssl_keyfile"] = settings.tls_key_file
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, **kwargs)
-    return aioredis.Redis.from_url(settings.url, **kwargs)
+        return RedisCluster.from_url(url, **kwargs)
+    return aioredis.Redis.from_url(url, **kwargs)
 
 
 async def connect_redis(settings: RedisSettings) -> RedisClient:
