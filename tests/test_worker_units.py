@@ -238,8 +238,9 @@ def test_waves_advance_each_stream_in_order_with_one_run_per_depth() -> None:
         (raw(None, 4), Decoded("a", 0, (step(3),))),
     ]
     groups = group_by_stream(recs, lambda s: "k:" + s)
-    assert list(groups) == ["k:a", "k:b", "k:c"]
-    groups["k:c"].initial = {"h": np.full((1, 2), 100.0, np.float32)}
+    assert list(groups) == ["a", "b", "c"]
+    assert [w.key for w in groups.values()] == ["k:a", "k:b", "k:c"]
+    groups["c"].initial = {"h": np.full((1, 2), 100.0, np.float32)}
     session = AddStep()
     out = run_waves(session, FakeCodec(), FakeCodec.spec.states, list(groups.values()))
     assert out.waves == 3
@@ -284,3 +285,23 @@ def test_cache_drops_revoked_partitions_and_expires_like_redis() -> None:
     assert entry is not None
     assert not cache.is_expired(entry, 10_999)
     assert cache.is_expired(entry, 11_000)
+
+
+def test_observe_many_equals_one_observe_per_value() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from worker.metrics import observe_many
+
+    values = [0.0, 0.0001, 0.0003, 0.001, 0.02, 7.0, 100.0]
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("h", "h", buckets=(0.0001, 0.001, 0.01, 1.0), registry=reg_a)
+    b = Histogram("h", "h", buckets=(0.0001, 0.001, 0.01, 1.0), registry=reg_b)
+    for v in values:
+        a.observe(v)
+    observe_many(b, values)
+    for le in ("0.0001", "0.001", "0.01", "1.0", "+Inf"):
+        assert reg_a.get_sample_value("h_bucket", {"le": le}) == reg_b.get_sample_value(
+            "h_bucket", {"le": le}
+        )
+    assert reg_a.get_sample_value("h_sum") == pytest.approx(reg_b.get_sample_value("h_sum"))
+    assert reg_b.get_sample_value("h_count") == len(values)

@@ -9,7 +9,7 @@ Pure logic (numpy and a session-like object), run in the inference thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,16 +45,17 @@ class WaveOutcome:
 
 
 def group_by_stream(
-    pairs: Iterable[tuple[RawRecord, Decoded]], key_of: Any
+    pairs: Iterable[tuple[RawRecord, Decoded]], key_of: Callable[[str], str]
 ) -> dict[str, StreamWork]:
-    """Streams in first-seen order; each keeps its records in the order given (offset order)."""
+    """Stream id -> its work, streams in first-seen order, each keeping its records in the
+    order given (offset order). ``key_of`` (the state key) runs once per stream."""
     groups: dict[str, StreamWork] = {}
-    for raw, dec in pairs:
-        key = key_of(dec.stream)
-        work = groups.get(key)
+    for pair in pairs:
+        stream = pair[1].stream
+        work = groups.get(stream)
         if work is None:
-            work = groups[key] = StreamWork(key, dec.stream, raw.partition)
-        work.records.append((raw, dec))
+            work = groups[stream] = StreamWork(key_of(stream), stream, pair[0].partition)
+        work.records.append(pair)
     return groups
 
 
@@ -72,12 +73,17 @@ def run_waves(
     any_fresh = False
     for work in streams:
         steps: list[tuple[StepInputs, int, bool]] = []
-        for raw, dec in work.records:
+        for pair in work.records:
+            dec = pair[1]
             rid = len(records)
-            records.append((raw, dec))
-            last = len(dec.steps) - 1
+            records.append(pair)
+            dsteps = dec.steps
+            if len(dsteps) == 1 and not dec.fresh_state:  # the common case, kept cheap
+                steps.append((dsteps[0], rid, False))
+                continue
+            last = len(dsteps) - 1
             any_fresh = any_fresh or dec.fresh_state
-            for j, step in enumerate(dec.steps):
+            for j, step in enumerate(dsteps):
                 steps.append((step, rid if j == last else -1, dec.fresh_state and j == 0))
         flat.append(steps)
     order = sorted(range(n), key=lambda s: -len(flat[s]))

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 
@@ -20,8 +19,8 @@ from worker.settings import KafkaSettings
 MAX_BATCH_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class OutMessage:
+class OutMessage(NamedTuple):
+    # A NamedTuple, not a dataclass: one is built per prediction on the hot path.
     source_partition: int
     key: bytes | None
     value: bytes
@@ -71,7 +70,10 @@ class Publisher:
             for m in msgs:
                 if (
                     batch.append(
-                        key=m.key, value=m.value, timestamp=m.timestamp_ms, headers=list(m.headers)
+                        key=m.key,
+                        value=m.value,
+                        timestamp=m.timestamp_ms,
+                        headers=list(m.headers) if m.headers else [],
                     )
                     is None
                 ):
@@ -82,7 +84,7 @@ class Publisher:
                             key=m.key,
                             value=m.value,
                             timestamp=m.timestamp_ms,
-                            headers=list(m.headers),
+                            headers=list(m.headers) if m.headers else [],
                         )
                         is None
                     ):

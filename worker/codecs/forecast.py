@@ -10,8 +10,10 @@ names, ``{"<output>": {"<field>": value, ...}}`` when it names its fields, a lis
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +38,7 @@ from worker.codecs.base import (
 )
 
 DEFAULT_MAX_BYTES = 4096
-_NUMBER_TYPES = (int, float)
+_NUMBER_TYPES = frozenset((int, float))
 
 
 class ForecastCodec:
@@ -51,18 +53,22 @@ class ForecastCodec:
         self._feature_set = frozenset(spec.features)
         self._max_bytes = int(options.get("max_bytes", DEFAULT_MAX_BYTES))
         self._outputs = tuple(o for o in spec.outputs)
+        first = self._features[0]
+        # itemgetter of one key returns the value itself, not a 1-tuple.
+        self._pick: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            operator.itemgetter(*self._features)
+            if len(self._features) > 1
+            else lambda d: (d[first],)
+        )
 
     def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejected]:
         objs = self._parse(records)
-        feats = self._features
-        nf = len(feats)
+        nf = len(self._features)
+        pick = self._pick
         out: list[Decoded | Rejected | None] = [None] * len(records)
-        rows: list[list[Any]] = []
-        row_meta: list[tuple[int, str, int]] = []
+        rows: list[tuple[Any, ...]] = []
+        metas: list[tuple[int, str, int]] = []
         for i, obj in enumerate(objs):
-            if type(obj) is Rejected:
-                out[i] = obj
-                continue
             # Fast path for the well-formed event; anything else gets the careful check.
             if type(obj) is dict:
                 vals = obj.get("values")
@@ -76,27 +82,37 @@ class ForecastCodec:
                     and type(ts) is int
                 ):
                     try:
-                        row = [vals[f] for f in feats]
+                        rows.append(pick(vals))
                     except KeyError:
-                        row = None
-                    if row is not None and all(type(v) in _NUMBER_TYPES for v in row):
-                        rows.append(row)
-                        row_meta.append((i, stream, ts))
+                        pass
+                    else:
+                        metas.append((i, stream, ts))
                         continue
-            out[i] = self._diagnose(obj)
+                out[i] = self._diagnose(obj)
+            elif type(obj) is Rejected:
+                out[i] = obj
+            else:
+                out[i] = self._diagnose(obj)
         if rows:
+            # One type check over the whole batch; row by row only when something is off.
+            if not set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBER_TYPES:
+                good = [j for j, row in enumerate(rows) if set(map(type, row)) <= _NUMBER_TYPES]
+                for j in set(range(len(rows))) - set(good):
+                    i = metas[j][0]
+                    out[i] = self._diagnose(objs[i])
+                rows = [rows[j] for j in good]
+                metas = [metas[j] for j in good]
             with np.errstate(over="ignore"):  # float32 overflow becomes inf: rejected below
-                x = np.asarray(rows, dtype=np.float64).astype(np.float32)
+                x = np.asarray(rows, dtype=np.float64).reshape(len(rows), nf).astype(np.float32)
             finite = cast("list[bool]", np.isfinite(x).all(axis=1).tolist())
-            for j, (i, stream, ts) in enumerate(row_meta):
-                if finite[j]:
-                    out[i] = Decoded(stream=stream, ts_ms=ts, steps=({"x": x[j]},))
-                else:
-                    out[i] = Rejected(REASON_NOT_FINITE, "a feature is NaN, infinite or overflows")
+            not_finite = Rejected(REASON_NOT_FINITE, "a feature is NaN, infinite or overflows")
+            for (i, stream, ts), xr, ok in zip(metas, list(x), finite, strict=True):
+                out[i] = Decoded(stream, ts, ({"x": xr},)) if ok else not_finite
         return [o if o is not None else Rejected(REASON_SCHEMA, "unreachable") for o in out]
 
     def stack(self, steps: Sequence[StepInputs]) -> dict[str, Array]:
-        return {"x": np.stack([s["x"] for s in steps])}
+        # np.array over equal-length rows is ~3x cheaper than np.stack (no per-row reshape).
+        return {"x": np.array([s["x"] for s in steps], dtype=np.float32)}
 
     def predictions(self, outputs: Mapping[str, Array]) -> list[dict[str, Any]]:
         columns: list[tuple[str, tuple[str, ...], list[Any]]] = []
