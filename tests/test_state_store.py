@@ -294,7 +294,7 @@ async def test_client_cpu_per_key_at_1k_keys(
                 )
                 for k in keys
             ]
-            for r in range(9)
+            for r in range(6)
         ]
         await store.write_many(batches[0])  # load the script, warm the pool
         await store.read_many(keys)
