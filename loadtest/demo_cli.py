@@ -1,74 +1,241 @@
-"""``statecast demo``: prove the embedded stack end to end.
+"""``statecast demo``: the embedded stack, a worker, and real data replayed as live streams.
 
-Placeholder until the worker lands: create a topic, produce, consume through a consumer
-group with manual commits, and round-trip a value through Redis, printing each step.
+1. brings the embedded broker and Redis up (as ``statecast stack up``; what the demo
+   starts, it stops at the end);
+2. creates the input topics and starts ``statecast worker`` as a child process serving
+   ``sensor_lstm`` on ``sensor`` and ``price_gru`` on ``prices``;
+3. replays the real electricity-demand series and the stock returns as many concurrent
+   streams at a steady rate, printing a few streams' forecasts against the actual next
+   value as they come back;
+4. prints a summary (events, predictions, throughput, latency, dead letters), stops the
+   worker with SIGTERM (it drains and commits) and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
+from typing import Any
 
-import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import orjson
 
-from worker.stack import StackConfig
+from loadtest.demo import ForecastBoard
+from loadtest.generator import GeneratorConfig
+from loadtest.replay import ReplaySettings, TopicLoad, build_plans, run_replay
+from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC
+from loadtest.topics import ensure_topics
+from worker.stack import StackConfig, StackError, free_port, stack_down, stack_status, stack_up
 from worker.stack_cli import DEFAULT_DIR
+
+SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
+PREDICTIONS = "predictions"
+DLQ = "statecast.dlq"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=1000)
-
-
-async def _smoke(config: StackConfig, events: int) -> None:
-    topic = f"demo-smoke-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
-    await admin.close()
-    print(f"created topic {topic} (4 partitions) on {config.bootstrap_servers}")
-
-    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, linger_ms=5)
-    await producer.start()
-    futures = [
-        await producer.send(topic, f'{{"n": {i}}}'.encode(), key=f"s{i % 16}".encode())
-        for i in range(events)
-    ]
-    await asyncio.gather(*futures)
-    await producer.stop()
-    print(f"produced {events} events over 16 stream keys")
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=config.bootstrap_servers,
-        group_id=f"{topic}-group",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to replay")
+    parser.add_argument("--rate", type=float, default=2000.0, help="events/s over all streams")
+    parser.add_argument("--sensor-streams", type=int, default=500)
+    parser.add_argument("--price-streams", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--http-port", type=int, default=8080, help="worker metrics port (another if taken)"
     )
-    start = time.monotonic()
-    await consumer.start()
-    seen = 0
-    async with asyncio.timeout(60):
-        while seen < events:
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            seen += sum(len(r) for r in batch.values())
-    await consumer.commit()
-    await consumer.stop()
-    print(f"consumed {seen} events through a consumer group in {time.monotonic() - start:.1f}s")
 
-    client = aioredis.from_url(config.redis_url)
-    await client.set(f"{topic}:probe", b"ok", ex=60)
-    value = await client.get(f"{topic}:probe")
-    await client.aclose()
-    print(f"redis {config.redis_url}: wrote and read back {value!r}")
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), ""
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def _dead_letters(metrics_text: str) -> float:
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("statecast_dead_letters_total"):
+            with contextlib.suppress(ValueError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class _WorkerProcess:
+    """``statecast worker`` as a child process with its log in the stack directory."""
+
+    def __init__(self, config: StackConfig, http_port: int) -> None:
+        self.http_port = http_port
+        self.log_path = config.workdir / "demo-worker.log"
+        env = dict(os.environ)
+        env.update(
+            {
+                "STATECAST_KAFKA_BOOTSTRAP": config.bootstrap_servers,
+                "STATECAST_REDIS_URL": config.redis_url,
+                # A group of its own, reading from the end: the demo serves what it replays,
+                # not whatever an earlier replay left in the topics.
+                "STATECAST_GROUP_ID": f"statecast-demo-{uuid.uuid4().hex[:8]}",
+                "STATECAST_KAFKA_AUTO_OFFSET_RESET": "latest",
+                "STATECAST_ROUTES": f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru",
+                "STATECAST_PREDICTIONS_TOPIC": PREDICTIONS,
+                "STATECAST_DLQ_TOPIC": DLQ,
+                "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+                "STATECAST_HTTP_HOST": "127.0.0.1",
+                "STATECAST_HTTP_PORT": str(http_port),
+            }
+        )
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as logfh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                stdout=logfh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def wait_ready(self, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the worker exited with {self.proc.returncode}; its log ends with:\n"
+                    f"{self.log_tail()}"
+                )
+            status, _ = await asyncio.to_thread(_get, self.base_url + "/readyz")
+            if status == 200:
+                return
+            await asyncio.sleep(0.5)
+        raise RuntimeError(
+            f"the worker was not ready within {within_s:.0f}s; its log ends with:\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self, within_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=within_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
+    settings = ReplaySettings(
+        bootstrap=config.bootstrap_servers,
+        loads=(
+            TopicLoad(SENSOR_TOPIC, args.sensor_streams),
+            TopicLoad(PRICES_TOPIC, args.price_streams),
+        ),
+        generator=GeneratorConfig(rate=args.rate, duration_s=args.seconds),
+        partitions=args.partitions,
+        measure=True,
+        predictions_topic=PREDICTIONS,
+        drain_s=30.0,
+    )
+    await ensure_topics(config.bootstrap_servers, {DLQ: 1})
+    plans = await build_plans(settings)  # creates sensor, prices and predictions
+    port = args.http_port if _port_free(args.http_port) else free_port()
+    worker = _WorkerProcess(config, port)
+    print(f"worker: pid {worker.proc.pid}, log {worker.log_path}")
+    print(f"metrics: {worker.base_url}/metrics   health: {worker.base_url}/readyz")
+    try:
+        await worker.wait_ready(90.0)
+        await asyncio.sleep(1.0)  # let the new group resolve its start offsets
+        print(
+            f"worker ready; replaying {args.sensor_streams:,} sensor streams (fpp2 elecdemand) "
+            f"and {args.price_streams:,} price streams (AAPL, GOOG, IBM, MSFT, S&P 500) at "
+            f"{args.rate:,.0f} events/s for {args.seconds:.0f}s\n"
+        )
+        board = ForecastBoard(plans)
+        started = time.monotonic()
+        replay = asyncio.create_task(
+            run_replay(settings, plans, on_prediction=board.observe, progress_out=None),
+            name="replay",
+        )
+        try:
+            while not replay.done():
+                await asyncio.wait({replay}, timeout=3.0)
+                print(f"[{time.monotonic() - started:5.1f}s] predictions {board.predictions:,}")
+                board.render(sys.stdout)
+            summary = await replay
+        finally:
+            if not replay.done():
+                replay.cancel()
+            await asyncio.gather(replay, return_exceptions=True)
+        _, metrics = await asyncio.to_thread(_get, worker.base_url + "/metrics")
+        m = summary["measurement"]
+        result = {
+            "events": summary["generator"]["events"],
+            "predictions": m["matched"],
+            "throughput_eps": m["throughput_eps"],
+            "p50_ms": m["p50_ms"],
+            "p99_ms": m["p99_ms"],
+            "max_ms": m["max_ms"],
+            "dead_letters": _dead_letters(metrics),
+            "streams": summary["streams"],
+            **board.summary(),
+            "metrics_url": f"{worker.base_url}/metrics",
+        }
+    finally:
+        code = await asyncio.to_thread(worker.stop)
+        print(f"worker stopped (exit {code})")
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     config = StackConfig.from_env(DEFAULT_DIR)
-    asyncio.run(_smoke(config, args.events))
-    print("stack works end to end")
+    was_up, _ = stack_status(config)
+    try:
+        for line in stack_up(config):
+            print(line)
+    except StackError as exc:
+        print(f"error: {exc}")
+        return 1
+    try:
+        result = asyncio.run(_demo(args, config))
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}")
+        return 1
+    finally:
+        if not was_up:
+            for line in stack_down(config):
+                print(line)
+    print("\nsummary:")
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    print(orjson.dumps(result).decode())
     return 0

@@ -11,6 +11,7 @@ move on by one span per lap, so a stream's ``ts`` only ever increases.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ class ReplaySeries:
     def __len__(self) -> int:
         return len(self.ts)
 
-    @property
+    @functools.cached_property
     def span_ms(self) -> int:
         """How far ``ts`` moves on per lap: the covered time plus one typical step."""
         step = int(np.median(np.diff(self.ts)))
