@@ -149,6 +149,8 @@ def image(engine: None) -> str:
         check=False,
     )
     assert build.returncode == 0, build.stdout[-5000:] + build.stderr[-3000:]
+    # Rebuilds leave the previous image untagged: keep .cache/deploy/docker small.
+    docker("image", "prune", "--force")
     size = docker("image", "inspect", IMAGE_TAG, "--format", "{{.Size}}").strip()
     print(f"image {IMAGE_TAG}: built in {time.monotonic() - started:.0f}s, {int(size) >> 20} MiB")
     return IMAGE_TAG
