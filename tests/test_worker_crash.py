@@ -11,9 +11,9 @@ is SIGKILLed repeatedly:
 
 A last run without faults drains the topic. Then:
 
-- every stream's state in Redis equals the fault-free computation (the same ONNX step run
-  offline over the stream, which the e2e test shows a fault-free worker reproduces) and
-  holds the stream's last offset: nothing was applied twice, nothing skipped;
+- every stream's state in Redis equals the states of a fault-free worker run over the same
+  topic (another group, another state prefix) and the same ONNX step run offline over the
+  stream, and holds the stream's last offset: nothing was applied twice, nothing skipped;
 - every input offset has at least one prediction; duplicates exist (the after_publish kill
   guarantees some) and share their id and content.
 """
@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,20 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
 from tests.kafka_helpers import create_topic
-from tests.worker_helpers import TinyModel, event, offline_predictions, tiny_forecast_model
+from tests.worker_helpers import (
+    TinyModel,
+    event,
+    offline_predictions,
+    tiny_forecast_model,
+    worker_settings,
+)
+from worker.loop import Worker
 from worker.redis_conn import RedisSettings, connect_redis
+from worker.routing import Route
 from worker.state_store import ReadStatus, StateStore, state_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -343,11 +352,71 @@ async def test_kill_9_at_many_points_then_restart(
         prefix=runs[0].prefix,
     )
     assert duplicates > 0, "the after_publish kill must have produced re-published predictions"
+    await compare_with_fault_free_run(
+        kafka_bootstrap, redis_url, lstm, topic, dlq, unique, list(series), records, runs[0].prefix
+    )
     print(
         f"\n[crash test] {len(runs) - 1} kills, {duplicates} duplicate predictions; run seconds "
         + ", ".join(f"{r.label} {r.seconds:.1f}" for r in runs)
         + f" (kill seed {runs[0].seed})"
     )
+
+
+async def compare_with_fault_free_run(
+    kafka_bootstrap: str,
+    redis_url: str,
+    lstm: TinyModel,
+    topic: str,
+    dlq: str,
+    unique: Callable[[str], str],
+    streams: list[str],
+    records: list[tuple[bytes, bytes]],
+    crashed_prefix: str,
+) -> None:
+    """Run one worker without faults over the whole topic (in process, own group, own
+    state prefix, own predictions topic) and compare its final states with the crashed
+    run's, key by key."""
+    preds = unique("faultfree-predictions")
+    await create_topic(kafka_bootstrap, preds, partitions=3)
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=lstm,
+        routes=[Route(topic, lstm.spec.name)],
+        predictions=preds,
+        dlq=dlq,
+        group=unique("faultfree-group"),
+        prefix=unique("faultfree"),
+        max_batch_records=256,
+    )
+    settings = replace(
+        settings, kafka=replace(settings.kafka, session_timeout_ms=CRASH_SESSION_TIMEOUT_MS)
+    )
+    total = len(records)
+    stats = await Worker(settings, CollectorRegistry()).run(max_records=total, idle_timeout_s=20)
+    assert stats.records == total
+    assert stats.predictions == total
+    spec = lstm.spec
+    client = await connect_redis(RedisSettings(url=redis_url))
+    try:
+        store = StateStore(client, 60, spec.states, spec.state_version)
+        crashed = await store.read_many(
+            [state_key(crashed_prefix, spec.name, spec.state_version, s) for s in streams]
+        )
+        clean = await store.read_many(
+            [state_key(settings.state_prefix, spec.name, spec.state_version, s) for s in streams]
+        )
+    finally:
+        await client.aclose()
+    for stream, a, b in zip(streams, crashed, clean, strict=True):
+        assert a.state is not None, stream
+        assert b.state is not None, stream
+        assert (a.state.partition, a.state.offset) == (b.state.partition, b.state.offset), stream
+        for name in a.state.tensors:
+            # Wave batch sizes differ between the runs: float rounding may, nothing else.
+            np.testing.assert_allclose(
+                a.state.tensors[name], b.state.tensors[name], atol=1e-5, err_msg=stream
+            )
 
 
 async def _kill_and_restart(
