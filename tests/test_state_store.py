@@ -6,7 +6,6 @@ import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,6 +322,6 @@ async def test_client_cpu_per_key_at_1k_keys(
         await client.aclose()
 
 
-def test_ttl_must_be_positive(tmp_path: Path) -> None:
+def test_ttl_must_be_positive() -> None:
     with pytest.raises(ValueError, match="TTL"):
         StateStore(None, 0, SPECS, VERSION)  # type: ignore[arg-type]
