@@ -90,7 +90,6 @@ async def test_each_bad_input_goes_to_the_dlq_and_leaves_state_untouched(
     records += [good("s", 2, rows[2]), good("s", 3, rows[3])]
     records += [(b"s", value) for _, value in BAD[4:]]
     records += [good("s", 4, rows[4]), good("s", 5, rows[5])]
-    await produce(kafka_bootstrap, topics[0], records)
     settings = settings_for(lstm, kafka_bootstrap, redis_url, unique, topics)
     registry = CollectorRegistry()
     worker = Worker(settings, registry)
@@ -100,13 +99,15 @@ async def test_each_bad_input_goes_to_the_dlq_and_leaves_state_untouched(
         assert (await http_get(health.port, "/healthz"))[0] == 200
         assert (await http_get(health.port, "/readyz"))[0] == 503  # not started yet
         run = asyncio.create_task(worker.run(max_records=len(records), idle_timeout_s=20))
-        ready_seen = False
-        while not run.done():
+        status = 0
+        for _ in range(600):  # ready once assigned with Kafka and Redis answering
             status, _ = await http_get(health.port, "/readyz")
-            ready_seen = ready_seen or status == 200
+            if status == 200 or run.done():
+                break
             await asyncio.sleep(0.05)
-        stats = await run
-        assert ready_seen
+        assert status == 200
+        await produce(kafka_bootstrap, topics[0], records)
+        stats = await asyncio.wait_for(run, timeout=60)
         status, metrics_text = await http_get(health.port, "/metrics")
         assert status == 200
         assert 'statecast_dead_letters_total{reason="not_json"} 1.0' in metrics_text

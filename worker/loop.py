@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.backoff import DependencyWatch, Retrier
@@ -268,9 +268,19 @@ class Worker:
         while not self._stop.is_set():
             # getmany waits for a rebalance to finish, so it must run outside the batch
             # lock that the revoke callback takes.
-            batch = await consumer.getmany(
-                timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records
-            )
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records
+                )
+            except KafkaError as exc:
+                # Fetch errors surface here when the broker goes away; offsets stay put.
+                self.metrics.errors.labels("fetch").inc()
+                self.kafka.failed("fetch", exc)
+                await asyncio.sleep(s.retry_max_s)
+                continue
+            if batch:
+                self.kafka.ok()  # records arrived: the broker answers
+            self.readiness()
             async with self._batch_lock:
                 # Records of partitions revoked while this batch was fetched belong to
                 # their new owner now.

@@ -128,7 +128,7 @@ class WorkerMetrics:
                 self.state_resets.labels(model, reason)
         for dep in ("kafka", "redis"):
             self.dependency_up.labels(dep)
-        for stage in ("decode", "redis_read", "inference", "publish", "redis_write", "commit"):
+        for stage in ("fetch", "redis_read", "publish", "redis_write", "commit"):
             self.errors.labels(stage)
 
 

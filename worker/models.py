@@ -83,7 +83,7 @@ def load_models(settings: Settings, routes: Sequence[Route] | None = None) -> li
         check_spec(spec, entry, session)
         try:
             codec = codec_for(spec, route.codec_options, _model_dir(path))
-        except (ValueError, ImportError) as exc:
+        except (ValueError, ImportError, OSError) as exc:
             raise ModelLoadError(f"route {route.topic}={route.model}: {exc}") from exc
         served.append(ServedModel(route, entry, spec, session, codec))
     return served
