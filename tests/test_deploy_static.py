@@ -134,6 +134,15 @@ def test_deployment_is_locked_down(overlay: tuple[str, list[dict[str, Any]]]) ->
     secret_refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
     assert secret_refs == {"kafka-sasl-username", "kafka-sasl-password", "redis-password"}
     assert not any("PASSWORD" in k for k in worker_env(documents))
+    # Probes, Service and ServiceMonitor all reach the port the worker listens on.
+    (port,) = container["ports"]
+    assert port["containerPort"] == int(worker_env(documents)["STATECAST_HTTP_PORT"])
+    assert by_kind(documents, "Service")["spec"]["ports"][0]["targetPort"] == port["name"]
+    endpoint = by_kind(documents, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["port"] == port["name"]
+    pod_labels = by_kind(documents, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    policy = by_kind(documents, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     gpus = container["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus == "1") if name == "gpu" else (gpus is None)
 
