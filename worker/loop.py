@@ -127,6 +127,7 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings(
         url=r.url,
         cluster=r.cluster,
+        username=r.username,
         password=r.password,
         tls=r.tls,
         tls_ca_file=r.tls_ca_file,

@@ -65,6 +65,7 @@ class KafkaSettings:
 class RedisOptions:
     url: str = "redis://127.0.0.1:16379/0"
     cluster: bool = False
+    username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     tls_ca_file: str | None = None
@@ -134,6 +135,7 @@ class Settings:
         redis = RedisOptions(
             url=e.text("STATECAST_REDIS_URL", RedisOptions.url),
             cluster=e.flag("STATECAST_REDIS_CLUSTER", False),
+            username=e.opt("STATECAST_REDIS_USERNAME"),
             password=e.opt("STATECAST_REDIS_PASSWORD"),
             tls=e.flag("STATECAST_REDIS_TLS", False),
             tls_ca_file=e.opt("STATECAST_REDIS_TLS_CA_FILE"),
