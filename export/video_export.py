@@ -97,7 +97,7 @@ def reference_probs(model: VideoLSTM, frames: F32) -> list[dict[str, F32]]:
 
 
 def parity_video_lstm(onnx_path: Path = ONNX_PATH) -> float:
-    """Worst abs diff over whole clips at batch 1 and 64 (within 1e-4 required)."""
+    """Worst abs diff over whole clips at batch 1 and 64 (the contract asks <= 1e-4)."""
     model, _ = load_model()
     cfg = ClipConfig(canvas=model.cfg.height)
     worst = 0.0
@@ -106,7 +106,7 @@ def parity_video_lstm(onnx_path: Path = ONNX_PATH) -> float:
         diff = step_parity(onnx_path, sequence_steps("x", frames), reference_probs(model, frames))
         log.info("parity batch %d: %d frames, max abs diff %.3g", batch, frames.shape[1], diff)
         worst = max(worst, diff)
-    return check_parity(worst, NAME)
+    return worst
 
 
 def export_video_lstm() -> ManifestEntry:
@@ -119,7 +119,7 @@ def export_video_lstm() -> ManifestEntry:
         ONNX_PATH,
         doc="statecast video_lstm: one frame per camera -> motion class probabilities",
     )
-    parity = parity_video_lstm()
+    parity = check_parity(parity_video_lstm(), NAME)  # refuse to ship a graph that drifts
     metrics: dict[str, Any] = {
         "test_accuracy": meta["test_accuracy"],
         "baseline_accuracy": meta["chance_accuracy"],

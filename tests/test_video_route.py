@@ -1,0 +1,158 @@
+"""The frame route end to end: PNG/JPEG frames keyed by camera -> worker -> Kafka + Redis.
+
+Serves the shipped ``video_lstm`` ONNX file (copied beside a manifest of its own). The
+reference for every prediction is the same ONNX step run offline over each camera's
+decoded frames one at a time, carrying state; bad frames must reach the dead-letter topic
+with their reason and leave every camera's state alone.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from export.manifest import REPO_ROOT, ManifestEntry, load_manifest, upsert_entry
+from export.spec import ModelSpec
+from export.step_export import read_spec
+from models.video_data import make_clips, synthetic_images
+from tests.kafka_helpers import consume_all, create_topic, produce
+from tests.worker_helpers import TinyModel, worker_settings
+from worker.codecs.base import Decoded, RawRecord
+from worker.codecs.frames import FrameCodec
+from worker.loop import Worker
+from worker.routing import Route
+
+pytestmark = pytest.mark.integration
+
+CAMERAS = 6
+MODEL = "video_lstm"
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The shipped model in a private root, so the test's manifest is its own."""
+    entry = load_manifest()[MODEL]
+    root = tmp_path_factory.mktemp("video")
+    path = root / entry.onnx
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(entry.onnx_path(REPO_ROOT), path)
+    manifest = root / "models" / "manifest.json"
+    upsert_entry(
+        ManifestEntry(entry.name, entry.version, entry.kind, entry.onnx, entry.sha256), manifest
+    )
+    return TinyModel(read_spec(path), manifest, root, path)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize((96, 64)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def offline(model: TinyModel, spec: ModelSpec, frames: list[bytes]) -> list[np.ndarray]:
+    """One camera's probabilities, one frame at a time from a zero state, batch 1."""
+    codec = FrameCodec(spec, {}, Path("."))
+    sess = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    state = {s.input_name: np.zeros((s.layers, 1, s.hidden), np.float32) for s in spec.states}
+    names = ["probs", *(s.output_name for s in spec.states)]
+    out = []
+    for i, value in enumerate(frames):
+        (dec,) = codec.decode([RawRecord("t", 0, i, 0, b"cam", value)])
+        assert isinstance(dec, Decoded), dec
+        probs, *next_state = sess.run(names, {"x": dec.steps[0]["x"][None], **state})
+        state = {s.input_name: a for s, a in zip(spec.states, next_state, strict=True)}
+        out.append(probs[0])
+    return out
+
+
+async def test_frames_from_several_cameras_match_offline_and_bad_frames_dead_letter(
+    shipped: TinyModel, kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]
+) -> None:
+    spec = shipped.spec
+    h, w = int(spec.preprocess["height"]), int(spec.preprocess["width"])
+    clips = make_clips(synthetic_images(CAMERAS, seed=11), CAMERAS, seed=12)
+    frames: dict[str, list[bytes]] = {}
+    for c in range(CAMERAS):
+        n = int(clips.lengths[c])
+        encode = jpeg if c % 3 == 0 else png  # every third camera sends larger JPEGs
+        frames[f"cam-{c}"] = [encode(clips.frames[c, t]) for t in range(n)]
+    assert clips.frames.shape[-2:] == (h, w)
+
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"cam-0", b"\x89PNG\r\n\x1a\n but not really"),  # undecodable
+        (None, png(clips.frames[1, 0])),  # no camera id
+        (b"cam-2", png(np.zeros((3000, 3000), np.uint8))),  # over max_pixels
+        (b"cam-3", b"x" * 70_000),  # over max_bytes
+    ]
+    # Round-robin over cameras so their frames interleave across partitions; bad frames
+    # ride in between and must not disturb any camera's sequence.
+    records: list[tuple[bytes | None, bytes]] = []
+    longest = max(len(v) for v in frames.values())
+    for t in range(longest):
+        for cam, seq in frames.items():
+            if t < len(seq):
+                records.append((cam.encode(), seq[t]))
+        if t < len(bad):
+            records.append(bad[t])
+    good = sum(len(v) for v in frames.values())
+
+    topic, preds, dlq = unique("frames"), unique("predictions"), unique("dlq")
+    for name in (topic, preds, dlq):
+        await create_topic(kafka_bootstrap, name, partitions=3)
+    await produce(kafka_bootstrap, topic, records)
+    route = Route(topic, MODEL, {"max_bytes": "65536", "max_pixels": "1000000"})
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=shipped,
+        routes=[route],
+        predictions=preds,
+        dlq=dlq,
+        group=unique("group"),
+        prefix=unique("state"),
+        max_batch_records=17,
+    )
+    registry = CollectorRegistry()
+    stats = await Worker(settings, registry).run(max_records=len(records), idle_timeout_s=20)
+    assert stats.records == len(records)
+    assert stats.predictions == good
+    assert stats.dead_letters == len(bad)
+
+    got = await consume_all(kafka_bootstrap, preds, expected=good)
+    by_cam: dict[str, list[dict[str, Any]]] = {}
+    for r in got:
+        p = orjson.loads(r.value)
+        by_cam.setdefault(p["stream"], []).append(p)
+    assert set(by_cam) == set(frames)
+    classes = spec.outputs[0].fields
+    for cam, seq in frames.items():
+        rows = sorted(by_cam[cam], key=lambda p: int(p["id"].rsplit("/", 1)[1]))
+        want = offline(shipped, spec, seq)
+        assert len(rows) == len(want)
+        for p, probs in zip(rows, want, strict=True):
+            assert p["model"] == f"{MODEL}@{spec.version}"
+            got_probs = np.array([p["prediction"]["probs"][c] for c in classes])
+            np.testing.assert_allclose(got_probs, probs, atol=1e-4)
+            assert p["prediction"]["class"] == classes[int(np.argmax(probs))]
+
+    dead = await consume_all(kafka_bootstrap, dlq, expected=len(bad))
+    reasons = sorted(dict(r.headers)["statecast.reason"].decode() for r in dead)
+    assert reasons == sorted(["undecodable", "no_key", "wrong_size", "too_large"])
+    for reason in ("undecodable", "no_key", "wrong_size", "too_large"):
+        assert registry.get_sample_value("statecast_dead_letters_total", {"reason": reason}) == 1
