@@ -27,7 +27,7 @@ from loadtest.series import ReplaySeries
 # Large batches keep the per-record cost of the producer low; Tansu accepts 1 MiB requests.
 MAX_BATCH_BYTES = 512 * 1024
 CHUNK_EVENTS = 4096  # events built per loop iteration before yielding to the event loop
-TICK_S = 0.01  # rate-limited mode: how often the generator tops up to its schedule
+TICK_S = 0.05  # rate-limited mode: how often the generator tops up to its schedule
 
 
 def partition_for(key: bytes, partitions: int) -> int:
