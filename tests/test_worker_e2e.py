@@ -164,6 +164,9 @@ async def test_interleaved_streams_match_offline_run_and_replays_never_advance_s
     assert registry.get_sample_value(
         "statecast_predictions_published_total", {"model": "sensor_lstm"}
     ) == (total)
+    for partition in range(4):  # everything consumed: no lag left on any partition
+        labels = {"topic": topics[0], "partition": str(partition)}
+        assert registry.get_sample_value("statecast_consumer_lag", labels) == 0
     waves = registry.get_sample_value("statecast_waves_per_batch_sum")
     batches = registry.get_sample_value("statecast_waves_per_batch_count")
     assert waves is not None

@@ -159,6 +159,7 @@ class Worker:
         self._assigned: set[TopicPartition] = set()
         self._crash_hits = 0
         self._lag_labels: set[tuple[str, str]] = set()
+        self._next_offsets: dict[TopicPartition, int] = {}
         self.stats = RunStats()
 
     # -- status -------------------------------------------------------------------------
@@ -311,6 +312,7 @@ class Worker:
         # while we still own its partitions. Then the revoked streams leave the cache.
         async with self._batch_lock:
             for tp in revoked:
+                self._next_offsets.pop(tp, None)
                 labels = (tp.topic, str(tp.partition))
                 if labels in self._lag_labels:
                     self.metrics.consumer_lag.remove(*labels)
@@ -543,11 +545,15 @@ class Worker:
         await self._retrier.call(self.kafka, "commit", commit)
 
     def _update_lag(self, offsets: dict[TopicPartition, int]) -> None:
+        """Lag of every owned partition we have processed, not only this batch's: the
+        high watermarks of quiet partitions still move with each fetch response."""
         consumer = self._consumer
         assert consumer is not None
-        for tp, next_offset in offsets.items():
+        self._next_offsets.update(offsets)
+        for tp in self._assigned:
+            next_offset = self._next_offsets.get(tp)
             hw = consumer.highwater(tp)
-            if hw is not None:
+            if next_offset is not None and hw is not None:
                 labels = (tp.topic, str(tp.partition))
                 self.metrics.consumer_lag.labels(*labels).set(max(0, hw - next_offset))
                 self._lag_labels.add(labels)
