@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry
 from worker.backoff import DependencyWatch, Retrier
 from worker.batching import StreamWork, WaveOutcome, group_by_stream, run_waves
 from worker.codecs.base import REASON_NO_ROUTE, Array, Decoded, RawRecord, Rejected
+from worker.dlq import REASON_STATE_MISMATCH, DeadLetter, dead_letter_message
 from worker.metrics import WorkerMetrics, observe_many
 from worker.models import ServedModel, load_models
 from worker.publisher import OutMessage, Publisher, build_producer
@@ -50,16 +51,6 @@ from worker.state_cache import CachedState, StateCache
 from worker.state_store import ReadStatus, StateStore, StoredState, state_key
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-REASON_STATE_MISMATCH = "state_mismatch"
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    record: RawRecord
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -377,7 +368,7 @@ class Worker:
             if works:
                 plans.append(_Plan(rt, works))
 
-        dead_msgs = [_dead_message(d) for d in dead]
+        dead_msgs = [dead_letter_message(d) for d in dead]
         if plans:
             await loop.run_in_executor(executor, self._compute, plans)
         pred_msgs = [m for p in plans for m in p.messages]
@@ -566,13 +557,3 @@ class Worker:
         if self._crash_hits >= point.n:
             log.error("STATECAST_TEST_CRASH_AT=%s:%d reached: SIGKILL", stage, point.n)
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _dead_message(d: DeadLetter) -> OutMessage:
-    r = d.record
-    headers = (
-        ("statecast.reason", d.reason.encode()),
-        ("statecast.detail", d.detail[:500].encode(errors="replace")),
-        ("statecast.source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
-    )
-    return OutMessage(r.partition, r.key, r.value or b"", r.timestamp_ms, headers)
