@@ -43,7 +43,7 @@ from loadtest import machine
 from loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
 from loadtest.latency import LatencyBook, SendLog
 from loadtest.measure import Measurer
-from loadtest.series import series_for_topic
+from loadtest.series import ReplaySeries, series_for_topic
 from loadtest.topics import ensure_topics
 from worker.stack import Service, StackConfig
 
@@ -234,6 +234,19 @@ class _Stack:
                 machine.pin(svc.process.pid, infra)
         return f"{kafka.host}:{kafka.port}", f"redis://{redis.host}:{redis.port}/0"
 
+    def pids(self) -> dict[str, int]:
+        """Broker and Redis process ids, where known (for their CPU accounting)."""
+        out: dict[str, int] = {}
+        for svc in self._own:
+            if svc.process is not None:
+                out[svc.name] = svc.process.pid
+        if self._config is not None:
+            for svc in self._config.services():
+                pid = svc.running_pid()
+                if pid is not None:
+                    out[svc.name] = pid
+        return out
+
     def stop(self) -> None:
         for svc in reversed(self._own):
             svc.stop()
@@ -274,6 +287,7 @@ async def run_bench(settings: BenchSettings, log: Any = sys.stderr) -> dict[str,
                 workdir,
                 worker_cores if pinned else None,
                 log,
+                stack.pids(),
             )
         finally:
             await asyncio.to_thread(stack.stop)
@@ -298,6 +312,7 @@ async def _phases(
     workdir: Path,
     worker_cores: list[set[int]] | None,
     log: Any,
+    infra_pids: dict[str, int],
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     names = {
@@ -322,6 +337,7 @@ async def _phases(
     plan = StreamPlan(
         names["input"], series, settings.streams, counts[names["input"]], id_prefix=settings.series
     )
+    naive_supported = all(isinstance(s, ReplaySeries) for s in series)
     result: dict[str, Any] = {
         "model": settings.model,
         "events": settings.events,
@@ -340,7 +356,8 @@ async def _phases(
         log.write(f"bench: generator wrote {report.events:,} events at {report.eps:,.0f}/s\n")
 
         # -- naive ------------------------------------------------------------------------
-        if settings.skip_naive:
+        # The naive reference worker speaks the JSON time-series events only.
+        if settings.skip_naive or not naive_supported:
             result["naive"] = None
             naive_eps = None
         else:
@@ -393,7 +410,9 @@ async def _phases(
             for i in range(settings.workers)
         ]
         try:
-            result.update(await _statecast_phases(settings, bootstrap, names, workers, gen, log))
+            result.update(
+                await _statecast_phases(settings, bootstrap, names, workers, gen, log, infra_pids)
+            )
         finally:
             for w in workers:
                 await w.stop()
@@ -409,6 +428,7 @@ async def _statecast_phases(
     workers: list[_Proc],
     gen: Generator,
     log: Any,
+    infra_pids: dict[str, int],
 ) -> dict[str, Any]:
     assigned = [await w.expect("assigned", 90) for w in workers]
     t0 = min(float(a["wall"]) for a in assigned)
@@ -460,6 +480,7 @@ async def _statecast_phases(
     book = LatencyBook(sends)
     measurer = Measurer(bootstrap, names["predictions"], book)
     await measurer.start()
+    before = (time.monotonic(), time.process_time(), _cpu_of(infra_pids), snaps)
     try:
         # The same streams go on where the backlog left them, now at a steady rate.
         gen.sends = sends
@@ -480,11 +501,45 @@ async def _statecast_phases(
     finally:
         await measurer.stop()
     lat = book.summary()
+    out["latency_phase_core_use"] = _core_use(before, infra_pids, await _snapshots(workers))
     out["offered_eps"] = round(rate, 1)
     out["p50_ms"] = lat["p50_ms"]
     out["p99_ms"] = lat["p99_ms"]
     out["latency"] = lat
     return out
+
+
+def _cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _core_use(
+    before: tuple[float, float, dict[str, float], list[dict[str, Any]]],
+    pids: dict[str, int],
+    snaps: list[dict[str, Any]],
+) -> dict[str, float]:
+    """Share of one core each party used during the latency phase (1.0 = a whole core)."""
+    t0, own0, infra0, snaps0 = before
+    wall = max(time.monotonic() - t0, 1e-9)
+    infra1 = _cpu_of(pids)
+    use = {
+        "workers": (sum(float(s["cpu_s"]) for s in snaps) - sum(float(s["cpu_s"]) for s in snaps0))
+        / wall,
+        "generator_and_measurer": (time.process_time() - own0) / wall,
+    }
+    for name, cpu in infra1.items():
+        if name in infra0:
+            use[name] = (cpu - infra0[name]) / wall
+    return {k: round(v, 2) for k, v in use.items()}
 
 
 async def _snapshots(workers: list[_Proc]) -> list[dict[str, Any]]:

@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
     parser.add_argument("--model", default="sensor_lstm", help="manifest model to serve")
     parser.add_argument(
-        "--series", default=None, choices=["sensor", "prices"], help="real series to replay"
+        "--series",
+        default=None,
+        choices=["sensor", "prices", "frames"],
+        help="real series to replay",
     )
     parser.add_argument("--events", type=int, default=None, help="backlog events")
     parser.add_argument("--streams", type=int, default=None, help="concurrent streams")
@@ -47,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     base = BenchSettings.quick() if args.quick else BenchSettings()
-    series = args.series or ("prices" if args.model == "price_gru" else "sensor")
+    default_series = {"price_gru": "prices", "video_lstm": "frames"}
+    series = args.series or default_series.get(args.model, "sensor")
     overrides: dict[str, object] = {
         "model": args.model,
         "series": series,

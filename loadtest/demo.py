@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from loadtest.generator import StreamPlan
-from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TARGET_FEATURE
+from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TARGET_FEATURE, ReplaySeries
 
 
 @dataclass
@@ -62,6 +62,8 @@ class ForecastBoard:
         if i is None:
             return
         series = plan.series_of(i)
+        if not isinstance(series, ReplaySeries):
+            return
         row = series.locate(ts)
         if row is None:
             return

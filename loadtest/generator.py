@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from loadtest.latency import SendLog
-from loadtest.series import ReplaySeries
+from loadtest.series import Series
 
 # Large batches keep the per-record cost of the producer low; Tansu accepts 1 MiB requests.
 MAX_BATCH_BYTES = 512 * 1024
@@ -40,7 +40,7 @@ class StreamPlan:
     """``n_streams`` streams on ``topic`` replaying ``series`` (stream i -> series i mod k)."""
 
     topic: str
-    series: tuple[ReplaySeries, ...]
+    series: tuple[Series, ...]
     n_streams: int
     partitions: int
     id_prefix: str = ""
@@ -53,7 +53,7 @@ class StreamPlan:
     def stream_id(self, i: int) -> str:
         return f"{self.id_prefix or self.topic}-{i:06d}"
 
-    def series_of(self, i: int) -> ReplaySeries:
+    def series_of(self, i: int) -> Series:
         return self.series[i % len(self.series)]
 
     def start_rows(self) -> list[int]:
@@ -110,6 +110,7 @@ class _Streams:
         self.ts: list[list[int]] = []
         self.span: list[int] = []
         self.values: list[list[bytes]] = []
+        self.raw: list[bool] = []
         rendered: dict[int, tuple[list[int], list[bytes], int]] = {}
         for plan in plans:
             starts = plan.start_rows()
@@ -133,6 +134,7 @@ class _Streams:
                 self.ts.append(ts)
                 self.span.append(span)
                 self.values.append(values)
+                self.raw.append(series.raw)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -212,8 +214,11 @@ class Generator:
             pos = s.start[i] + step
             length = s.length[i]
             row = pos % length
-            ts = now_ms if ts_now else s.ts[i][row] + (pos // length) * s.span[i]
-            value = s.prefix[i] + b"%d" % ts + s.values[i][row]
+            if s.raw[i]:
+                value = s.values[i][row]
+            else:
+                ts = now_ms if ts_now else s.ts[i][row] + (pos // length) * s.span[i]
+                value = s.prefix[i] + b"%d" % ts + s.values[i][row]
             tp = (s.topic[i], s.partition[i])
             builder = builders.get(tp)
             if builder is None:

@@ -22,6 +22,8 @@ import orjson
 # The model each replayed topic feeds, and the feature columns it expects, in order.
 SENSOR_TOPIC = "sensor"
 PRICES_TOPIC = "prices"
+FRAMES_TOPIC = "frames"
+FRAME_INTERVAL_MS = 40  # a 25 frames/s camera
 SENSOR_FEATURES: tuple[str, ...] = ("demand", "temperature", "workday")
 PRICE_FEATURES: tuple[str, ...] = ("log_return",)
 # The feature each forecaster predicts one step ahead (for the demo's forecast-vs-actual).
@@ -37,6 +39,8 @@ class ReplaySeries:
     ts: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
     integer_features: frozenset[str] = frozenset()
+    # The whole record value is the rendered row (an encoded frame), not a JSON event.
+    raw = False
 
     def __post_init__(self) -> None:
         if len(self.ts) < 2 or len(self.ts) != len(self.values):
@@ -113,9 +117,55 @@ def price_series(tickers: Sequence[str] | None = None) -> list[ReplaySeries]:
     return out
 
 
-def series_for_topic(topic: str) -> list[ReplaySeries]:
+@dataclass(frozen=True)
+class FrameSeries:
+    """Real images as one camera's frames: the record value is the PNG itself, the key the
+    camera id (the frames route's event format)."""
+
+    name: str
+    payloads: tuple[bytes, ...]
+    raw = True
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    @functools.cached_property
+    def ts(self) -> npt.NDArray[np.int64]:
+        return FRAME_INTERVAL_MS * np.arange(len(self.payloads), dtype=np.int64)
+
+    @property
+    def span_ms(self) -> int:
+        return FRAME_INTERVAL_MS * len(self.payloads)
+
+    def render_values(self) -> list[bytes]:
+        return list(self.payloads)
+
+
+def frame_series(images: int = 2000) -> list[FrameSeries]:
+    """Fashion-MNIST test images (Debian ``dataset-fashion-mnist``) as 28x28 grey PNGs."""
+    import io
+
+    from PIL import Image
+
+    from models.video_data import load_fashion_mnist
+
+    pixels = load_fashion_mnist("t10k")[:images]
+    payloads = []
+    for img in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, format="PNG")
+        payloads.append(buf.getvalue())
+    return [FrameSeries("fashion-mnist-t10k", tuple(payloads))]
+
+
+Series = ReplaySeries | FrameSeries
+
+
+def series_for_topic(topic: str) -> list[Series]:
     if topic == SENSOR_TOPIC:
-        return sensor_series()
+        return list(sensor_series())
     if topic == PRICES_TOPIC:
-        return price_series()
-    raise ValueError(f"no real series is replayed to topic {topic!r} (know sensor, prices)")
+        return list(price_series())
+    if topic == FRAMES_TOPIC:
+        return list(frame_series())
+    raise ValueError(f"no real series is replayed to topic {topic!r} (know sensor, prices, frames)")

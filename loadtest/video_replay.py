@@ -195,6 +195,7 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
     """Fresh topics, frames produced first, then one bounded in-process worker over them."""
     from prometheus_client import CollectorRegistry
 
+    from loadtest.bench_worker import StageClock, instrument, stage_breakdown
     from loadtest.topics import ensure_topics
     from worker.loop import Worker
     from worker.routing import Route
@@ -222,9 +223,14 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
         state_ttl_s=600,
         http_port=0,
     )
-    worker = Worker(settings, CollectorRegistry())
+    registry = CollectorRegistry()
+    worker = Worker(settings, registry)
+    clock = StageClock()
+    instrument(worker, clock)  # where each frame's time goes: decode, inference, publish...
     stats = await worker.run(max_records=sent, idle_timeout_s=30)
     finished = time.monotonic()
+    inference_s = registry.get_sample_value("statecast_step_seconds_sum", {"model": MODEL}) or 0.0
+    stages = {k: round(v, 3) for k, v in stage_breakdown(clock.seconds, inference_s).items()}
     wall = finished - stats.assigned_at if stats.assigned_at is not None else float("nan")
     return {
         "records": stats.records,
@@ -234,6 +240,7 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
         "worker_busy_frames_per_s": stats.records / stats.busy_s if stats.busy_s else None,
         "worker_seconds_from_assignment": round(wall, 3),
         "produce_frames_per_s": round(sent / produce_s, 1),
+        "worker_stage_seconds": stages,
         "topic": topic,
     }
 
