@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
-from tests.kafka_helpers import create_topic
+from tests.kafka_helpers import create_topic, produce
 from tests.worker_helpers import (
     TinyModel,
     event,
@@ -166,37 +166,6 @@ def interleave(series: Mapping[str, list[list[float]]], seed: int) -> list[tuple
     return out
 
 
-async def produce_live(
-    bootstrap: str,
-    topic: str,
-    records: list[tuple[bytes, bytes]],
-    chunk: int,
-    pause_s: float,
-    hold_back: int = 0,
-    release: asyncio.Event | None = None,
-) -> None:
-    """Send ``records`` in order, ``chunk`` at a time with a pause between chunks; the
-    last ``hold_back`` records only once ``release`` is set."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    paced = len(records) - hold_back
-    try:
-        for start in range(0, paced, chunk):
-            futures = [
-                await producer.send(topic, value, key=key)
-                for key, value in records[start : min(start + chunk, paced)]
-            ]
-            await asyncio.gather(*futures)
-            await asyncio.sleep(pause_s)
-        if hold_back:
-            assert release is not None
-            await release.wait()
-            futures = [await producer.send(topic, v, key=k) for k, v in records[paced:]]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic`` up to its end offsets now (no group, no commit)."""
     consumer = AIOKafkaConsumer(
@@ -309,39 +278,18 @@ async def test_kill_9_at_many_points_then_restart(
     topic, preds, dlq = unique("sensor"), unique("predictions"), unique("dlq")
     for t in (topic, preds, dlq):
         await create_topic(kafka_bootstrap, t, partitions=3)
-    # A live stream: records keep arriving while the workers are killed and restarted, so
-    # every kill lands mid-stream however fast this machine is; the last fifth is held back
-    # until the kills are done, so the last run always has work left.
+    # The stream arrives in slices, one before each run (and the last before the final
+    # run), so every run starts with a backlog however slow this machine's restarts are:
+    # every kill lands mid-stream and the final run always has work left.
     records = interleave(series, seed=4)
-    kills_done = asyncio.Event()
-    feeder = asyncio.create_task(
-        produce_live(
-            kafka_bootstrap,
-            topic,
-            records,
-            chunk=64,
-            pause_s=0.3,
-            hold_back=len(records) // 5,
-            release=kills_done,
-        )
+    n_slices = 6
+    slices = [
+        records[i * len(records) // n_slices : (i + 1) * len(records) // n_slices]
+        for i in range(n_slices)
+    ]
+    runs = await _kill_and_restart(
+        kafka_bootstrap, redis_url, lstm, topic, preds, dlq, unique, tmp_path, slices
     )
-    try:
-        runs = await _kill_and_restart(
-            kafka_bootstrap,
-            redis_url,
-            lstm,
-            topic,
-            preds,
-            dlq,
-            unique,
-            tmp_path,
-            feeder,
-            kills_done,
-        )
-    finally:
-        if not feeder.done():
-            feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
     duplicates = await check_outcome(
         bootstrap=kafka_bootstrap,
         redis_url=redis_url,
@@ -428,8 +376,7 @@ async def _kill_and_restart(
     dlq: str,
     unique: Callable[[str], str],
     tmp_path: Path,
-    feeder: asyncio.Task[None],
-    kills_done: asyncio.Event,
+    slices: list[list[tuple[bytes, bytes]]],
 ) -> list[WorkerRun]:
     prefix = unique("crash")
     env = worker_env(
@@ -464,7 +411,9 @@ async def _kill_and_restart(
         ("hook after_commit:8", "after_commit:8", None),
     ]
     runs: list[WorkerRun] = []
+    assert len(slices) == len(plan) + 1
     for i, (label, crash_at, kill_after) in enumerate(plan):
+        await produce(kafka_bootstrap, topic, slices[i])
         run_env = dict(env)
         if crash_at is not None:
             run_env["STATECAST_TEST_CRASH_AT"] = crash_at
@@ -483,8 +432,7 @@ async def _kill_and_restart(
         )
         if crash_at is not None:
             assert "STATECAST_TEST_CRASH_AT" in run.log, run.log[-3000:]
-    kills_done.set()
-    await feeder  # everything produced: the last run drains the rest
+    await produce(kafka_bootstrap, topic, slices[-1])
     final = await run_worker(prefix, seed, "final", env, tmp_path / "final.log", idle_timeout_s=2)
     runs.append(final)
     assert final.returncode == 0, f"seed {seed}\n{final.log[-3000:]}"
