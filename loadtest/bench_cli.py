@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--series",
         default=None,
-        choices=["sensor", "prices", "frames"],
+        choices=["sensor", "prices", "frames", "text"],
         help="real series to replay",
     )
     parser.add_argument("--events", type=int, default=None, help="backlog events")
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     base = BenchSettings.quick() if args.quick else BenchSettings()
-    default_series = {"price_gru": "prices", "video_lstm": "frames"}
+    default_series = {"price_gru": "prices", "video_lstm": "frames", "sentiment_lstm": "text"}
     series = args.series or default_series.get(args.model, "sensor")
     overrides: dict[str, object] = {
         "model": args.model,

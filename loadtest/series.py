@@ -23,6 +23,8 @@ import orjson
 SENSOR_TOPIC = "sensor"
 PRICES_TOPIC = "prices"
 FRAMES_TOPIC = "frames"
+TEXT_TOPIC = "text"
+MESSAGE_INTERVAL_MS = 60_000  # one review a minute per conversation
 FRAME_INTERVAL_MS = 40  # a 25 frames/s camera
 SENSOR_FEATURES: tuple[str, ...] = ("demand", "temperature", "workday")
 PRICE_FEATURES: tuple[str, ...] = ("log_return",)
@@ -158,7 +160,38 @@ def frame_series(images: int = 2000) -> list[FrameSeries]:
     return [FrameSeries("fashion-mnist-t10k", tuple(payloads))]
 
 
-Series = ReplaySeries | FrameSeries
+@dataclass(frozen=True)
+class TextSeries:
+    """Real reviews as one conversation's messages: ``{"stream", "ts", "text"}`` events."""
+
+    name: str
+    texts: tuple[str, ...]
+    raw = False
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @functools.cached_property
+    def ts(self) -> npt.NDArray[np.int64]:
+        return MESSAGE_INTERVAL_MS * np.arange(len(self.texts), dtype=np.int64)
+
+    @property
+    def span_ms(self) -> int:
+        return MESSAGE_INTERVAL_MS * len(self.texts)
+
+    def render_values(self) -> list[bytes]:
+        return [b',"text":' + orjson.dumps(t) + b"}" for t in self.texts]
+
+
+def text_series(messages: int = 5000) -> list[TextSeries]:
+    """IMDB test-split reviews (the sentiment model's data, from its cached splits)."""
+    from models.sentiment_data import load_splits
+
+    texts = load_splits().test["text"].tolist()[:messages]
+    return [TextSeries("imdb-test", tuple(str(t) for t in texts))]
+
+
+Series = ReplaySeries | FrameSeries | TextSeries
 
 
 def series_for_topic(topic: str) -> list[Series]:
@@ -168,4 +201,8 @@ def series_for_topic(topic: str) -> list[Series]:
         return list(price_series())
     if topic == FRAMES_TOPIC:
         return list(frame_series())
-    raise ValueError(f"no real series is replayed to topic {topic!r} (know sensor, prices, frames)")
+    if topic == TEXT_TOPIC:
+        return list(text_series())
+    raise ValueError(
+        f"no real series is replayed to topic {topic!r} (know sensor, prices, frames, text)"
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import orjson
 import pytest
 
 from loadtest.generator import StreamPlan
-from loadtest.series import price_series
+from loadtest.series import frame_series, price_series
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +31,21 @@ def test_price_streams_cycle_through_tickers_and_wrap_forward_in_time() -> None:
         "values": {"log_return": float(goog.values[5, 0])},
     }
     assert np.isfinite(goog.values).all()
+
+
+def test_frames_are_real_pngs_sent_as_the_whole_record_value() -> None:
+    from models.video_data import FASHION_DIR
+
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    from PIL import Image
+
+    from models.video_data import load_fashion_mnist
+
+    cam = frame_series(images=20)[0]
+    assert cam.raw
+    assert len(cam) == 20
+    payload = cam.render_values()[7]
+    img = Image.open(io.BytesIO(payload))
+    assert img.format == "PNG"
+    assert np.array_equal(np.asarray(img), load_fashion_mnist("t10k")[7])
