@@ -24,7 +24,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import os
 import signal
 import sys
 import time
@@ -35,8 +34,6 @@ from typing import Any
 import orjson
 
 log = logging.getLogger(__name__)
-
-FETCH_WAIT_ENV = "STATECAST_BENCH_FETCH_MAX_WAIT_MS"
 
 
 class StageClock:
@@ -105,15 +102,9 @@ def instrument(worker: Any, clock: StageClock) -> None:
     if hasattr(worker, "_build_consumer"):
         build = worker._build_consumer
 
-        fetch_wait = os.environ.get(FETCH_WAIT_ENV)
-
         def build_timed() -> Any:
             consumer = build()
             consumer.getmany = clock.wrap("poll", consumer.getmany)
-            if fetch_wait:
-                # What-if knob of the benchmark (not a worker setting): aiokafka reads it
-                # when the consumer starts.
-                consumer._fetch_max_wait_ms = int(fetch_wait)
             return consumer
 
         worker._build_consumer = build_timed

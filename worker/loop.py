@@ -228,6 +228,7 @@ class Worker:
             auto_offset_reset=k.auto_offset_reset,
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
         )

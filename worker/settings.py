@@ -31,6 +31,10 @@ class KafkaSettings:
     group_id: str = "statecast"
     client_id: str = "statecast-worker"
     session_timeout_ms: int = 10_000
+    # aiokafka's 500 ms default makes a broker that waits out the full fetch wait (Tansu)
+    # add up to half a second of latency to every batch; batches still fill up to
+    # STATECAST_MAX_BATCH when a backlog is there.
+    fetch_max_wait_ms: int = 10
     auto_offset_reset: str = "earliest"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -116,6 +120,9 @@ class Settings:
             client_id=e.text("STATECAST_CLIENT_ID", KafkaSettings.client_id),
             session_timeout_ms=e.integer(
                 "STATECAST_KAFKA_SESSION_TIMEOUT_MS", KafkaSettings.session_timeout_ms
+            ),
+            fetch_max_wait_ms=e.integer(
+                "STATECAST_KAFKA_FETCH_MAX_WAIT_MS", KafkaSettings.fetch_max_wait_ms, minimum=0
             ),
             auto_offset_reset=e.choice(
                 "STATECAST_KAFKA_AUTO_OFFSET_RESET", "earliest", ("earliest", "latest")
