@@ -19,11 +19,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from tests.kafka_helpers import create_topic
 from tests.redis_cluster import RedisClusterHandle, redis_cluster
-from tests.test_worker_crash import check_outcome, interleave, make_series, produce_live
+from tests.test_worker_crash import check_outcome, interleave, make_series
 from tests.worker_helpers import TinyModel, tiny_forecast_model, worker_settings
 from worker.loop import Worker
 from worker.routing import Route
@@ -31,6 +32,37 @@ from worker.routing import Route
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SESSION_TIMEOUT_MS = 3000  # Tansu answers JoinGroup after half of it: keeps the test short
+
+
+async def produce_live(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    chunk: int,
+    pause_s: float,
+    hold_back: int = 0,
+    release: asyncio.Event | None = None,
+) -> None:
+    """Send ``records`` in order, ``chunk`` at a time with a pause between chunks; the
+    last ``hold_back`` records only once ``release`` is set."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    paced = len(records) - hold_back
+    try:
+        for start in range(0, paced, chunk):
+            futures = [
+                await producer.send(topic, value, key=key)
+                for key, value in records[start : min(start + chunk, paced)]
+            ]
+            await asyncio.gather(*futures)
+            await asyncio.sleep(pause_s)
+        if hold_back:
+            assert release is not None
+            await release.wait()
+            futures = [await producer.send(topic, v, key=k) for k, v in records[paced:]]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture(scope="module")
