@@ -50,8 +50,8 @@ deploy-image-tools:
 	    debootstrap docker.io; }
 
 deploy-check: setup deploy-tools
-	STATECAST_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest tests/test_deploy_*.py $(PYTEST_ARGS)
+	STATECAST_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m 'not image' tests/test_deploy_*.py $(PYTEST_ARGS)
 
 deploy-image-check: setup deploy-tools deploy-image-tools
 	STATECAST_DEPLOY_REQUIRED=1 STATECAST_DEPLOY_IMAGE=1 \
-	  $(VENV)/bin/pytest tests/test_deploy_image.py $(PYTEST_ARGS)
+	  $(VENV)/bin/pytest -m image tests/test_deploy_image.py $(PYTEST_ARGS)
