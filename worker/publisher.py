@@ -68,27 +68,21 @@ class Publisher:
         for partition, msgs in by_partition.items():
             batch = producer.create_batch()
             for m in msgs:
-                if (
-                    batch.append(
-                        key=m.key,
-                        value=m.value,
-                        timestamp=m.timestamp_ms,
-                        headers=list(m.headers) if m.headers else [],
-                    )
-                    is None
-                ):
+                if not _append(batch, m):
+                    # The batch is full: send it and start the next one with this message.
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    if (
-                        batch.append(
-                            key=m.key,
-                            value=m.value,
-                            timestamp=m.timestamp_ms,
-                            headers=list(m.headers) if m.headers else [],
-                        )
-                        is None
-                    ):
+                    if not _append(batch, m):
                         raise ValueError(f"a message of {len(m.value)} bytes exceeds a batch")
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
+
+
+def _append(batch: Any, m: OutMessage) -> bool:
+    """Add ``m`` to an aiokafka batch; False when the batch has no room left."""
+    headers = list(m.headers) if m.headers else []
+    return (
+        batch.append(key=m.key, value=m.value, timestamp=m.timestamp_ms, headers=headers)
+        is not None
+    )
