@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from worker.backoff import DependencyWatch, Retrier
 from worker.batching import StreamWork, WaveOutcome, group_by_stream, run_waves
+from worker.broker_probe import broker_reachable
 from worker.codecs.base import REASON_NO_ROUTE, Array, Decoded, RawRecord, Rejected
 from worker.dlq import REASON_STATE_MISMATCH, DeadLetter, dead_letter_message
 from worker.metrics import WorkerMetrics, observe_many
@@ -212,10 +213,10 @@ class Worker:
             self.metrics.ready.set(0)
             self._consumer = None
             if consumer is not None:
-                await consumer.stop()
-            await producer.stop()
+                await _close("kafka consumer", consumer.stop)
+            await _close("kafka producer", producer.stop)
             if redis_client is not None:
-                await redis_client.aclose()
+                await _close("redis client", redis_client.aclose)
             executor.shutdown(wait=True)
         return self.stats
 
@@ -259,6 +260,8 @@ class Worker:
     ) -> None:
         s = self.settings
         last_data = time.monotonic()
+        last_probe = time.monotonic()
+        probe_every_s = min(2.0, s.dependency_timeout_s / 4)
         while not self._stop.is_set():
             # getmany waits for a rebalance to finish, so it must run outside the batch
             # lock that the revoke callback takes.
@@ -272,6 +275,9 @@ class Worker:
                 self.kafka.failed("fetch", exc)
                 await asyncio.sleep(s.retry_max_s)
                 continue
+            if not any(batch.values()) and time.monotonic() - last_probe >= probe_every_s:
+                last_probe = time.monotonic()
+                await self._probe_broker()
             if batch:
                 self.kafka.ok()  # records arrived: the broker answers
             self.readiness()
@@ -290,6 +296,16 @@ class Worker:
                 since = max(last_data, self.stats.assigned_at)
                 if time.monotonic() - since >= idle_timeout_s:
                     break
+
+    async def _probe_broker(self) -> None:
+        """An empty poll says nothing about the broker: ask it directly (raises
+        DependencyTimeout once it has been unreachable past the deadline)."""
+        servers = self.settings.kafka.bootstrap_servers
+        if await asyncio.to_thread(broker_reachable, servers):
+            self.kafka.ok()
+        else:
+            self.metrics.errors.labels("fetch").inc()
+            self.kafka.failed("fetch", ConnectionError(f"no bootstrap broker of {servers} answers"))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = set(assigned)
@@ -558,3 +574,20 @@ class Worker:
         if self._crash_hits >= point.n:
             log.error("STATECAST_TEST_CRASH_AT=%s:%d reached: SIGKILL", stage, point.n)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _close(name: str, stop: Callable[[], Awaitable[object]]) -> None:
+    """Close a client without letting its failure hide why the worker is stopping.
+
+    With the broker gone, aiokafka's ``stop()`` can raise the ``CancelledError`` of its own
+    fetcher task; only a cancellation of *this* task is passed on.
+    """
+    try:
+        await stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s did not close cleanly (its connection was already gone)", name)
+    except Exception as exc:  # closing is best effort: the stop reason matters more
+        log.warning("%s did not close cleanly: %s: %s", name, type(exc).__name__, exc)
