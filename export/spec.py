@@ -100,10 +100,6 @@ class StateSpec:
     def output_name(self) -> str:
         return STATE_OUT_PREFIX + self.name
 
-    @property
-    def per_stream_elements(self) -> int:
-        return self.layers * self.hidden
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from export.manifest import DEFAULT_MANIFEST, ManifestError, check_digest, load_manifest
 from loadtest import machine
@@ -176,11 +174,6 @@ async def _spawn(
     p = _Proc(proc, name, stderr_path, asyncio.Queue())
     p.reader = asyncio.create_task(p.read_lines(), name=f"{name}-stdout")
     return p
-
-
-async def _prediction_count(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
-    ends = await consumer.end_offsets(tps)
-    return int(sum(ends.values()))
 
 
 def _worker_env(
@@ -548,16 +541,6 @@ async def _snapshots(workers: list[_Proc]) -> list[dict[str, Any]]:
             raise BenchError(f"{w.name} exited with {w.proc.returncode}:\n{w.stderr_tail()}")
         w.proc.send_signal(signal.SIGUSR1)
     return [await w.expect("snapshot", 30) for w in workers]
-
-
-async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    for _ in range(100):
-        await consumer.topics()
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return sorted(parts)
-        await asyncio.sleep(0.1)
-    raise BenchError(f"topic {topic} has no partitions")
 
 
 def finish(result: dict[str, Any]) -> dict[str, Any]:

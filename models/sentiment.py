@@ -20,8 +20,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-STATE_NAMES = ("h", "c")
-
 
 @dataclass(frozen=True)
 class SentimentConfig:

@@ -11,7 +11,6 @@ split only; the worker loads the same JSON file, so training and serving tokeniz
 
 from __future__ import annotations
 
-import hashlib
 import html
 import logging
 import re
@@ -187,12 +186,3 @@ def load_tokenizer(path: Path = TOKENIZER_PATH) -> Tokenizer:
 def encode_texts(tok: Tokenizer, texts: Sequence[str]) -> list[npt.NDArray[np.int64]]:
     """Token ids per text, batched through the Rust encoder."""
     return [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(list(texts))]
-
-
-def text_digest(texts: Sequence[str]) -> str:
-    """A short digest of a text list, to key caches of encoded splits."""
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]

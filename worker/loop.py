@@ -100,7 +100,6 @@ class _Plan:
     works: list[StreamWork] = field(default_factory=list)
     outcome: WaveOutcome | None = None
     messages: list[OutMessage] = field(default_factory=list)
-    latencies: list[tuple[int, int]] = field(default_factory=list)  # (record ts ms, count)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

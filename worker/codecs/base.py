@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
 from export.spec import ModelSpec
@@ -82,7 +81,3 @@ REASON_NO_ROUTE = "no_route"
 REASON_EMPTY = "empty"
 REASON_UNDECODABLE = "undecodable"
 REASON_WRONG_SIZE = "wrong_size"
-
-
-def zeros_like_batch(n: int, shape: tuple[int, ...], dtype: str) -> Array:
-    return np.zeros((n, *shape), dtype=dtype)
