@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.registry import RECIPES, get_recipe
+    from statecast.models.registry import RECIPES, get_recipe
 
     names = list(args.models) or sorted(RECIPES)
     for name in names:

@@ -1,7 +1,7 @@
 """Export the two forecasters as ONNX step models, check parity, write their manifest lines.
 
 Each export rebuilds the model from its checkpoint alone, writes
-``models/onnx/<name>.onnx`` with :func:`export.step_export.export_step_model`, runs parity
+``models/onnx/<name>.onnx`` with :func:`statecast.export.step_export.export_step_model`, runs parity
 on real test-split windows (T=200 at batch 1 and 64) and upserts the manifest entry with the
 test figures stored in the checkpoint plus ``parity_max_abs_diff``.
 """
@@ -16,24 +16,25 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from export.manifest import DEFAULT_MANIFEST, REPO_ROOT, ManifestEntry, load_manifest, upsert_entry
-from export.parity import (
+from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestEntry, load_manifest, upsert_entry
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.export.parity import (
     PARITY_BATCHES,
     PARITY_STEPS,
     check_parity,
     sequence_steps,
     step_parity,
 )
-from export.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from export.step_export import export_step_model, manifest_entry
-from models.forecast import ForecastStep, RecurrentForecaster
-from models.trainer import Checkpoint, load_checkpoint
+from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.models.forecast import ForecastStep, RecurrentForecaster
+from statecast.models.trainer import Checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
-ONNX_DIR = REPO_ROOT / "models" / "onnx"
-CHECKPOINT_DIR = REPO_ROOT / "models" / "checkpoints"
+ONNX_DIR = PACKAGE_ROOT / "models" / "onnx"
+CHECKPOINT_DIR = PACKAGE_ROOT / "models" / "checkpoints"
 SENSOR_NAME = "sensor_lstm"
 PRICE_NAME = "price_gru"
 
@@ -83,7 +84,7 @@ def forecast_spec(name: str, model: RecurrentForecaster, ckpt: Checkpoint) -> Mo
 
 def parity_windows(name: str, batch: int, steps: int = PARITY_STEPS) -> Array:
     """``[batch, steps, F]`` raw feature windows from the test split of the model's data."""
-    from models import forecast_train as ft
+    from statecast.models import forecast_train as ft
 
     if name == SENSOR_NAME:
         sensor = ft.prepare_sensor()

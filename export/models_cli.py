@@ -12,15 +12,15 @@ import argparse
 import inspect
 from pathlib import Path
 
-from export.manifest import (
+from statecast.contract.manifest import (
     DEFAULT_MANIFEST,
     ManifestEntry,
     ManifestError,
     check_digest,
     load_manifest,
 )
-from export.parity import PARITY_TOLERANCE
-from export.spec import SpecError
+from statecast.contract.spec import SpecError
+from statecast.export.parity import PARITY_TOLERANCE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def list_models(entries: list[ManifestEntry]) -> None:
 
 def verify_entry(entry: ManifestEntry, root: Path, parity: bool) -> list[str]:
     """Problems found with one entry (empty when it verifies)."""
-    from export.step_export import read_spec
+    from statecast.export.step_export import read_spec
 
     try:
         path = check_digest(entry, root)
@@ -77,7 +77,7 @@ def verify_entry(entry: ManifestEntry, root: Path, parity: bool) -> list[str]:
 
 
 def _check_parity(entry: ManifestEntry, path: Path) -> list[str]:
-    from models.registry import RECIPES
+    from statecast.models.registry import RECIPES
 
     recipe = RECIPES.get(entry.name)
     if recipe is None:

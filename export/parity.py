@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.spec import ModelSpec
+from statecast.contract.spec import ModelSpec
 
 PARITY_TOLERANCE = 1e-4
 PARITY_STEPS = 200

@@ -1,6 +1,6 @@
 """Export the sentiment LSTM as a step model and check its parity.
 
-The step graph (``models.sentiment.SentimentStep``) takes ``x`` ``[B, T]`` int64 token ids
+The step graph (``statecast.models.sentiment.SentimentStep``) takes ``x`` ``[B, T]`` int64 token ids
 and ``lengths`` ``[B]`` int64, carries ``state_in.h`` / ``state_in.c`` and outputs
 ``positive`` ``[B, 1]``. ``spec.preprocess`` tells the worker which tokenizer to load (path
 relative to the ONNX file's directory, pinned by sha256) and the longest chunk one step takes.
@@ -22,18 +22,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from export.manifest import REPO_ROOT, Artefact, ManifestEntry, sha256_file, upsert_entry
-from export.parity import check_parity, step_parity
-from export.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from export.step_export import export_step_model, manifest_entry
-from models.sentiment import SentimentLSTM, SentimentStep
-from models.trainer import load_checkpoint
+from statecast.contract.manifest import Artefact, ManifestEntry, sha256_file, upsert_entry
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.export.parity import check_parity, step_parity
+from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.models.sentiment import SentimentLSTM, SentimentStep
+from statecast.models.trainer import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 NAME = "sentiment_lstm"
 VERSION = "1"
-MODELS_DIR = REPO_ROOT / "models"
+MODELS_DIR = PACKAGE_ROOT / "models"
 ONNX_PATH = MODELS_DIR / "onnx" / f"{NAME}.onnx"
 CHECKPOINT_PATH = MODELS_DIR / "checkpoints" / f"{NAME}.pt"
 TOKENIZER_PATH = MODELS_DIR / "tokenizer" / f"{NAME}.json"
@@ -179,7 +180,7 @@ def export_sentiment_lstm() -> ManifestEntry:
         "parity_max_abs_diff": diff,
     }
     entry = manifest_entry(spec, ONNX_PATH, metrics)
-    tok_rel = TOKENIZER_PATH.resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+    tok_rel = TOKENIZER_PATH.resolve().relative_to(PACKAGE_ROOT.resolve()).as_posix()
     entry = dataclasses.replace(
         entry, artefacts={"tokenizer": Artefact(tok_rel, sha256_file(TOKENIZER_PATH))}
     )

@@ -28,8 +28,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from export.manifest import REPO_ROOT, ManifestEntry, sha256_file
-from export.spec import SPEC_KEY, ModelSpec
+from statecast.contract.manifest import ManifestEntry, sha256_file
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import SPEC_KEY, ModelSpec
 
 DEFAULT_OPSET = 17
 EXAMPLE_BATCH = 2
@@ -147,7 +148,7 @@ def manifest_entry(
     spec: ModelSpec,
     path: Path,
     metrics: Mapping[str, Any],
-    root: Path = REPO_ROOT,
+    root: Path = PACKAGE_ROOT,
 ) -> ManifestEntry:
     """The manifest line for an exported file (``onnx`` stored relative to ``root``)."""
     return ManifestEntry(

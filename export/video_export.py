@@ -25,19 +25,20 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from export.manifest import REPO_ROOT, ManifestEntry, upsert_entry
-from export.parity import check_parity, sequence_steps, step_parity
-from export.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from export.step_export import export_step_model, manifest_entry
-from models.trainer import load_checkpoint
-from models.video import PIXEL_MEAN, PIXEL_STD, VideoLSTM, VideoStep
-from models.video_data import ClipConfig, make_clips, synthetic_images
+from statecast.contract.manifest import ManifestEntry, upsert_entry
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.export.parity import check_parity, sequence_steps, step_parity
+from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.models.trainer import load_checkpoint
+from statecast.models.video import PIXEL_MEAN, PIXEL_STD, VideoLSTM, VideoStep
+from statecast.models.video_data import ClipConfig, make_clips, synthetic_images
 
 log = logging.getLogger(__name__)
 
 NAME = "video_lstm"
 VERSION = "1"
-MODELS_DIR = REPO_ROOT / "models"
+MODELS_DIR = PACKAGE_ROOT / "models"
 ONNX_PATH = MODELS_DIR / "onnx" / f"{NAME}.onnx"
 CHECKPOINT_PATH = MODELS_DIR / "checkpoints" / f"{NAME}.pt"
 PARITY_SEED = 4321

@@ -7,9 +7,9 @@ One run, in order:
 2. the generator writes ``events`` real-series events as ``streams`` keyed streams into a
    fresh input topic, as fast as it can (its rate is reported: it must be far above the
    workers');
-3. the naive worker (``loadtest.naive``, own process, pinned to a worker core) consumes
+3. the naive worker (``statecast.loadtest.naive``, own process, pinned to a worker core) consumes
    the same topic with its own group for at most ``naive_seconds``;
-4. statecast's worker (``loadtest.bench_worker``: ``worker.loop.Worker`` with stage
+4. statecast's worker (``statecast.loadtest.bench_worker``: ``Worker`` with stage
    timers, own process(es), pinned) drains the whole backlog; time counts from partition
    assignment (Tansu's JoinGroup takes seconds) to the moment the predictions topic holds
    one prediction per input;
@@ -36,14 +36,14 @@ from typing import Any
 
 import orjson
 
-from export.manifest import DEFAULT_MANIFEST, ManifestError, check_digest, load_manifest
-from loadtest import machine
-from loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
-from loadtest.latency import LatencyBook, SendLog
-from loadtest.measure import Measurer
-from loadtest.series import ReplaySeries, series_for_topic
-from loadtest.topics import ensure_topics
-from worker.stack import Service, StackConfig
+from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestError, check_digest, load_manifest
+from statecast.loadtest import machine
+from statecast.loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
+from statecast.loadtest.latency import LatencyBook, SendLog
+from statecast.loadtest.measure import Measurer
+from statecast.loadtest.series import ReplaySeries, series_for_topic
+from statecast.loadtest.topics import ensure_topics
+from statecast.worker.stack import Service, StackConfig
 
 SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
 SNAPSHOT_EVERY_S = 0.25
@@ -216,7 +216,7 @@ class _Stack:
                     if pid is not None and old is not None:
                         self._repinned.append((pid, old))
             return self._config.bootstrap_servers, self._config.redis_url
-        from worker.stack import free_port
+        from statecast.worker.stack import free_port
 
         kafka = Service("kafka", free_port(), self._workdir)
         redis = Service("redis", free_port(), self._workdir)
@@ -358,7 +358,7 @@ async def _phases(
                 "naive",
                 [
                     "-m",
-                    "loadtest.naive",
+                    "statecast.loadtest.naive",
                     "--bootstrap",
                     bootstrap,
                     "--redis-url",
@@ -395,7 +395,7 @@ async def _phases(
         workers = [
             await _spawn(
                 f"statecast-worker-{i}",
-                ["-m", "loadtest.bench_worker"],
+                ["-m", "statecast.loadtest.bench_worker"],
                 env,
                 workdir,
                 worker_cores[i] if worker_cores else None,

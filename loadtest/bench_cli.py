@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from loadtest.bench import BenchError, BenchSettings, finish, run_bench
-from worker.stack import StackConfig
-from worker.stack_cli import DEFAULT_DIR
+from statecast.loadtest.bench import BenchError, BenchSettings, finish, run_bench
+from statecast.worker.stack import StackConfig
+from statecast.worker.stack_cli import DEFAULT_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """statecast's own worker loop, run by the benchmark with a stopwatch on every stage.
 
-``python -m loadtest.bench_worker`` builds the worker exactly as ``statecast worker`` does
-(``Settings.from_env``, ``worker.loop.Worker``) and wraps the loop's stage methods with
+``python -m statecast.loadtest.bench_worker`` builds the worker exactly as ``statecast worker`` does
+(``Settings.from_env``, ``statecast.worker.loop.Worker``) and wraps the loop's stage methods with
 timers before it starts, so the benchmark sees where the time of each batch goes without
 the worker carrying benchmark code. A stage the installed worker does not have is left
 out of the report (the timers attach by name). It talks on stdout, one JSON line each:
@@ -80,7 +80,7 @@ class StageClock:
 
 
 def instrument(worker: Any, clock: StageClock) -> None:
-    """Attach the stage timers to a ``worker.loop.Worker`` before it runs."""
+    """Attach the stage timers to a ``statecast.worker.loop.Worker`` before it runs."""
     import worker.loop as loop_mod
     import worker.publisher as pub_mod
 
@@ -148,8 +148,8 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 async def serve() -> int:
-    from worker.loop import Worker
-    from worker.settings import Settings
+    from statecast.worker.loop import Worker
+    from statecast.worker.settings import Settings
 
     settings = Settings.from_env()
     worker = Worker(settings)

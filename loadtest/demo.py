@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from loadtest.generator import StreamPlan
-from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TARGET_FEATURE, TEXT_TOPIC, ReplaySeries
+from statecast.loadtest.generator import StreamPlan
+from statecast.loadtest.series import (
+    PRICES_TOPIC,
+    SENSOR_TOPIC,
+    TARGET_FEATURE,
+    TEXT_TOPIC,
+    ReplaySeries,
+)
 
 
 @dataclass

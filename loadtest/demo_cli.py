@@ -30,13 +30,20 @@ from typing import Any
 
 import orjson
 
-from loadtest.demo import ForecastBoard
-from loadtest.generator import GeneratorConfig
-from loadtest.replay import ReplaySettings, TopicLoad, build_plans, run_replay
-from loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TEXT_TOPIC
-from loadtest.topics import ensure_topics
-from worker.stack import StackConfig, StackError, free_port, stack_down, stack_status, stack_up
-from worker.stack_cli import DEFAULT_DIR
+from statecast.loadtest.demo import ForecastBoard
+from statecast.loadtest.generator import GeneratorConfig
+from statecast.loadtest.replay import ReplaySettings, TopicLoad, build_plans, run_replay
+from statecast.loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TEXT_TOPIC
+from statecast.loadtest.topics import ensure_topics
+from statecast.worker.stack import (
+    StackConfig,
+    StackError,
+    free_port,
+    stack_down,
+    stack_status,
+    stack_up,
+)
+from statecast.worker.stack_cli import DEFAULT_DIR
 
 SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
 PREDICTIONS = "predictions"
@@ -117,7 +124,7 @@ class _WorkerProcess:
         config.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logfh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "worker"],
+                [sys.executable, "-m", "statecast", "worker"],
                 stdout=logfh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -21,8 +21,8 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from loadtest.latency import SendLog
-from loadtest.series import Series
+from statecast.loadtest.latency import SendLog
+from statecast.loadtest.series import Series
 
 # Large batches keep the per-record cost of the producer low; Tansu accepts 1 MiB requests.
 MAX_BATCH_BYTES = 512 * 1024

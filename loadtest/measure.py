@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from loadtest.latency import LatencyBook
+from statecast.loadtest.latency import LatencyBook
 
 ProgressFn = Callable[[], str]
 FETCH_MAX_WAIT_MS = 10

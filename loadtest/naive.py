@@ -5,7 +5,7 @@ batch 1, one Redis SET, one producer ``send``; offsets are committed after each 
 batch once its sends are acknowledged. This is how a stateful model is usually first put
 on a stream, and the yardstick statecast's batched design is compared against.
 
-Run by the benchmark as its own process (``python -m loadtest.naive ...``) so it can be
+Run by the benchmark as its own process (``python -m statecast.loadtest.naive ...``) so it can be
 pinned to one core; prints one JSON line: events, seconds since partition assignment, CPU
 seconds of the process over the same window.
 """
@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from export.spec import ModelSpec
+from statecast.contract.spec import ModelSpec
 
 SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
 

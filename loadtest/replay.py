@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
-from loadtest.latency import LatencyBook, SendLog
-from loadtest.measure import Measurer
-from loadtest.series import series_for_topic
-from loadtest.topics import ensure_topics
+from statecast.loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
+from statecast.loadtest.latency import LatencyBook, SendLog
+from statecast.loadtest.measure import Measurer
+from statecast.loadtest.series import series_for_topic
+from statecast.loadtest.topics import ensure_topics
 
 
 @dataclass(frozen=True)

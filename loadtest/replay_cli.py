@@ -15,10 +15,10 @@ import asyncio
 
 import orjson
 
-from loadtest.generator import GeneratorConfig
-from loadtest.replay import ReplaySettings, TopicLoad, run_replay
-from worker.stack import StackConfig
-from worker.stack_cli import DEFAULT_DIR
+from statecast.loadtest.generator import GeneratorConfig
+from statecast.loadtest.replay import ReplaySettings, TopicLoad, run_replay
+from statecast.worker.stack import StackConfig
+from statecast.worker.stack_cli import DEFAULT_DIR
 
 MAX_STREAMS = 1_000_000
 

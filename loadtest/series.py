@@ -88,7 +88,7 @@ def _number(v: object) -> float | int:
 
 def sensor_series() -> list[ReplaySeries]:
     """fpp2 elecdemand: one real multivariate sensor series (17,520 half-hours of 2014)."""
-    from models.datasets import load_elecdemand
+    from statecast.models.datasets import load_elecdemand
 
     frame = load_elecdemand()
     return [
@@ -104,7 +104,7 @@ def sensor_series() -> list[ReplaySeries]:
 
 def price_series(tickers: Sequence[str] | None = None) -> list[ReplaySeries]:
     """Daily close-to-close log returns of each ticker the data packages ship."""
-    from models.datasets import load_stock_prices
+    from statecast.models.datasets import load_stock_prices
 
     out = []
     for ticker, frame in load_stock_prices(tickers).items():
@@ -149,7 +149,7 @@ def frame_series(images: int = 2000) -> list[FrameSeries]:
 
     from PIL import Image
 
-    from models.video_data import load_fashion_mnist
+    from statecast.models.video_data import load_fashion_mnist
 
     pixels = load_fashion_mnist("t10k")[:images]
     payloads = []
@@ -185,7 +185,7 @@ class TextSeries:
 
 def text_series(messages: int = 5000) -> list[TextSeries]:
     """IMDB test-split reviews (the sentiment model's data, from its cached splits)."""
-    from models.sentiment_data import load_splits
+    from statecast.models.sentiment_data import load_splits
 
     texts = load_splits().test["text"].tolist()[:messages]
     return [TextSeries("imdb-test", tuple(str(t) for t in texts))]

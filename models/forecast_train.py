@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from export.manifest import REPO_ROOT
-from models.datasets import (
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.models.datasets import (
     HALF_HOURS_PER_DAY,
     PRICE_FEATURES,
     SENSOR_FEATURES,
@@ -37,7 +37,7 @@ from models.datasets import (
     load_elecdemand,
     load_stock_prices,
 )
-from models.evaluate import (
+from statecast.models.evaluate import (
     GaussianMetrics,
     PointMetrics,
     gaussian_metrics,
@@ -45,14 +45,14 @@ from models.evaluate import (
     run_series,
     scored_rows,
 )
-from models.forecast import CellType, ForecastConfig, RecurrentForecaster, gaussian_nll
-from models.trainer import TrainConfig, count_parameters, fit, save_checkpoint
+from statecast.models.forecast import CellType, ForecastConfig, RecurrentForecaster, gaussian_nll
+from statecast.models.trainer import TrainConfig, count_parameters, fit, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 SENSOR_NAME = "sensor_lstm"
 PRICE_NAME = "price_gru"
-CHECKPOINT_DIR = REPO_ROOT / "models" / "checkpoints"
+CHECKPOINT_DIR = PACKAGE_ROOT / "models" / "checkpoints"
 VAL_FRAC = 0.15
 TEST_FRAC = 0.15
 VOL_WINDOW = 20

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from models.trainer import import_object
+from statecast.models.trainer import import_object
 
 
 @dataclass(frozen=True)
@@ -42,27 +42,27 @@ class ModelRecipe:
 RECIPES: dict[str, ModelRecipe] = {
     "sensor_lstm": ModelRecipe(
         name="sensor_lstm",
-        train="models.forecast_train:train_sensor_lstm",
-        export="export.forecast_export:export_sensor_lstm",
-        parity="export.forecast_export:parity_sensor_lstm",
+        train="statecast.models.forecast_train:train_sensor_lstm",
+        export="statecast.export.forecast_export:export_sensor_lstm",
+        parity="statecast.export.forecast_export:parity_sensor_lstm",
     ),
     "price_gru": ModelRecipe(
         name="price_gru",
-        train="models.forecast_train:train_price_gru",
-        export="export.forecast_export:export_price_gru",
-        parity="export.forecast_export:parity_price_gru",
+        train="statecast.models.forecast_train:train_price_gru",
+        export="statecast.export.forecast_export:export_price_gru",
+        parity="statecast.export.forecast_export:parity_price_gru",
     ),
     "video_lstm": ModelRecipe(
         name="video_lstm",
-        train="models.video_train:train_video_lstm",
-        export="export.video_export:export_video_lstm",
-        parity="export.video_export:parity_video_lstm",
+        train="statecast.models.video_train:train_video_lstm",
+        export="statecast.export.video_export:export_video_lstm",
+        parity="statecast.export.video_export:parity_video_lstm",
     ),
     "sentiment_lstm": ModelRecipe(
         name="sentiment_lstm",
-        train="models.sentiment_train:train_sentiment_lstm",
-        export="export.sentiment_export:export_sentiment_lstm",
-        parity="export.sentiment_export:parity_sentiment_lstm",
+        train="statecast.models.sentiment_train:train_sentiment_lstm",
+        export="statecast.export.sentiment_export:export_sentiment_lstm",
+        parity="statecast.export.sentiment_export:parity_sentiment_lstm",
     ),
 }
 

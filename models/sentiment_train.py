@@ -1,4 +1,4 @@
-"""Train the sentiment LSTM on IMDB with the shared loop (``models.trainer.fit``).
+"""Train the sentiment LSTM on IMDB with the shared loop (``statecast.models.trainer.fit``).
 
 Training reads each review's *last* ``max_len`` tokens (a review's verdict tends to sit at
 its end, and the cut bounds an epoch's cost on a shared CPU). Batches are length-bucketed
@@ -20,15 +20,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from export.manifest import REPO_ROOT, sha256_file
-from models import sentiment_data as data
-from models.sentiment import SentimentConfig, SentimentLSTM
-from models.trainer import TrainConfig, fit, save_checkpoint, seed_everything
+from statecast.contract.manifest import sha256_file
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.models import sentiment_data as data
+from statecast.models.sentiment import SentimentConfig, SentimentLSTM
+from statecast.models.trainer import TrainConfig, fit, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "sentiment_lstm"
-CHECKPOINT_PATH = REPO_ROOT / "models" / "checkpoints" / f"{MODEL_NAME}.pt"
+CHECKPOINT_PATH = PACKAGE_ROOT / "models" / "checkpoints" / f"{MODEL_NAME}.pt"
 
 IdList = list[npt.NDArray[np.int64]]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

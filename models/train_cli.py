@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from models.registry import RECIPES
+    from statecast.models.registry import RECIPES
 
     parser.add_argument("model", choices=sorted(RECIPES), help="model to train")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs")
@@ -50,7 +50,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.registry import get_recipe
+    from statecast.models.registry import get_recipe
 
     try:
         kwargs = parse_overrides(args.set)

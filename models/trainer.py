@@ -182,6 +182,9 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
+_SUBPACKAGES = frozenset({"worker", "models", "export", "loadtest"})
+
+
 def _qualname(obj: type) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
@@ -191,6 +194,9 @@ def import_object(ref: str) -> Any:
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ValueError(f"expected 'module:name', got {ref!r}")
+    if module_name.split(".")[0] in _SUBPACKAGES:
+        # Checkpoints written before the one-package layout name "models.forecast".
+        module_name = f"statecast.{module_name}"
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.video_data import MOTIONS
+from statecast.models.video_data import MOTIONS
 
 # Frames arrive as 8-bit grey values; the graph takes them raw (0-255) and scales here, so
 # the worker feeds pixels as decoded. Mean/std of the training frames, rounded.

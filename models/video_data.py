@@ -26,10 +26,12 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from statecast.contract.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "video"
+CACHE_DIR = cache_dir() / "video"
 
 MOTIONS: tuple[str, ...] = (
     "left",

@@ -20,15 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from export.manifest import REPO_ROOT
-from models.trainer import TrainConfig, count_parameters, fit, save_checkpoint
-from models.video import VideoConfig, VideoLSTM
-from models.video_data import ClipConfig, Clips, SplitSizes, build_splits
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.models.trainer import TrainConfig, count_parameters, fit, save_checkpoint
+from statecast.models.video import VideoConfig, VideoLSTM
+from statecast.models.video_data import ClipConfig, Clips, SplitSizes, build_splits
 
 log = logging.getLogger(__name__)
 
 NAME = "video_lstm"
-CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / f"{NAME}.pt"
+CHECKPOINT = PACKAGE_ROOT / "models" / "checkpoints" / f"{NAME}.pt"
 
 Item = tuple[Tensor, Tensor, Tensor]
 

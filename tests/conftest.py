@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.stack import Service, StackError, free_port
+from statecast.worker.stack import Service, StackError, free_port
 
 # Tansu answers JoinGroup after about half the session timeout: keep it short in tests.
 CONSUMER_SESSION_TIMEOUT_MS = 6000

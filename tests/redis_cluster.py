@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.stack import find_redis_server, free_port, redis_answers
+from statecast.worker.stack import find_redis_server, free_port, redis_answers
 
 HOST = "127.0.0.1"
 

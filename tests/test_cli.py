@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli import main
+from statecast.cli import main
 
 pytestmark = pytest.mark.unit
 

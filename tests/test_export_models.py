@@ -13,10 +13,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export.manifest import DEFAULT_MANIFEST, REPO_ROOT, load_manifest, sha256_file, upsert_entry
-from export.parity import PARITY_TOLERANCE
-from export.step_export import read_spec
-from worker.cli import main
+from statecast.cli import main
+from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest, sha256_file, upsert_entry
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.export.parity import PARITY_TOLERANCE
+from statecast.export.step_export import read_spec
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +42,7 @@ def test_manifest_figures_meet_the_targets() -> None:
     for entry in (sensor, price):
         assert entry.metrics["parity_max_abs_diff"] <= PARITY_TOLERANCE
         assert entry.onnx == f"models/onnx/{entry.name}.onnx"
-        assert (REPO_ROOT / "models" / "checkpoints" / f"{entry.name}.pt").is_file()
+        assert (PACKAGE_ROOT / "models" / "checkpoints" / f"{entry.name}.pt").is_file()
 
 
 def test_shipped_specs_carry_features_normalisation_and_units() -> None:

@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from export.parity import (
+from statecast.contract.spec import SPEC_KEY, ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.export.parity import (
     PARITY_TOLERANCE,
     ParityError,
     check_parity,
@@ -18,9 +19,8 @@ from export.parity import (
     sequence_steps,
     step_parity,
 )
-from export.spec import SPEC_KEY, ModelSpec, OutputSpec, StateSpec, TensorSpec
-from export.step_export import export_step_model, manifest_entry, read_spec
-from models.forecast import ForecastConfig, ForecastStep, RecurrentForecaster
+from statecast.export.step_export import export_step_model, manifest_entry, read_spec
+from statecast.models.forecast import ForecastConfig, ForecastStep, RecurrentForecaster
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.datasets import (
+from statecast.models.datasets import (
     ALL_TICKERS,
     HALF_HOUR_MS,
     SENSOR_FEATURES,
@@ -14,8 +14,8 @@ from models.datasets import (
     load_elecdemand,
     load_stock_prices,
 )
-from models.evaluate import point_metrics, rolling_volatility_log_var, scored_rows
-from models.forecast_train import eval_item, prepare_price, prepare_sensor, train_windows
+from statecast.models.evaluate import point_metrics, rolling_volatility_log_var, scored_rows
+from statecast.models.forecast_train import eval_item, prepare_price, prepare_sensor, train_windows
 
 pytestmark = pytest.mark.unit
 

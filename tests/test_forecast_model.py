@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.forecast import ForecastConfig, ForecastStep, RecurrentForecaster
-from models.forecast_train import ItemDataset, gaussian_loss, point_loss, train_windows
-from models.trainer import TrainConfig, fit, load_checkpoint, save_checkpoint
+from statecast.models.forecast import ForecastConfig, ForecastStep, RecurrentForecaster
+from statecast.models.forecast_train import ItemDataset, gaussian_loss, point_loss, train_windows
+from statecast.models.trainer import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.unit
 
@@ -138,8 +138,8 @@ def test_early_stopping_stops_when_validation_stalls() -> None:
 def test_train_cli_parses_overrides_and_refuses_unknown_options(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from models.train_cli import parse_overrides
-    from worker.cli import main
+    from statecast.cli import main
+    from statecast.models.train_cli import parse_overrides
 
     assert parse_overrides(["hidden=32", "cell=rnn", "lr=0.01"]) == {
         "hidden": 32,

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from worker.cli import main
+from statecast.cli import main
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,15 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer, partition_for
-from loadtest.latency import SendLog
-from loadtest.series import sensor_series
+from statecast.loadtest.generator import (
+    Generator,
+    GeneratorConfig,
+    StreamPlan,
+    make_producer,
+    partition_for,
+)
+from statecast.loadtest.latency import SendLog
+from statecast.loadtest.series import sensor_series
 from tests.kafka_helpers import consume_all, create_topic
 
 pytestmark = pytest.mark.integration

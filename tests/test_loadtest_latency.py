@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadtest.latency import LatencyBook, SendLog, parse_id, percentiles_ms
+from statecast.loadtest.latency import LatencyBook, SendLog, parse_id, percentiles_ms
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from loadtest.generator import StreamPlan
-from loadtest.series import frame_series, price_series
+from statecast.loadtest.generator import StreamPlan
+from statecast.loadtest.series import frame_series, price_series
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def test_price_streams_cycle_through_tickers_and_wrap_forward_in_time() -> None:
 
 
 def test_frames_are_real_pngs_sent_as_the_whole_record_value() -> None:
-    from models.video_data import FASHION_DIR
+    from statecast.models.video_data import FASHION_DIR
 
     # `make setup` installs the Debian package; a missing file is a set-up failure.
     assert (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(), (
@@ -42,7 +42,7 @@ def test_frames_are_real_pngs_sent_as_the_whole_record_value() -> None:
     )
     from PIL import Image
 
-    from models.video_data import load_fashion_mnist
+    from statecast.models.video_data import load_fashion_mnist
 
     cam = frame_series(images=20)[0]
     assert cam.raw

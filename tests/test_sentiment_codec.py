@@ -9,16 +9,17 @@ import numpy as np
 import orjson
 import pytest
 
-from export.manifest import REPO_ROOT, sha256_file
-from export.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from models.sentiment_data import TOKENIZER_PATH, load_tokenizer
-from worker.codecs import codec_for
-from worker.codecs.base import Decoded, RawRecord, Rejected
-from worker.codecs.text import TextCodec, TextCodecError
+from statecast.contract.manifest import sha256_file
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.models.sentiment_data import TOKENIZER_PATH, load_tokenizer
+from statecast.worker.codecs import codec_for
+from statecast.worker.codecs.base import Decoded, RawRecord, Rejected
+from statecast.worker.codecs.text import TextCodec, TextCodecError
 
 pytestmark = pytest.mark.unit
 
-MODEL_DIR = REPO_ROOT / "models" / "onnx"
+MODEL_DIR = PACKAGE_ROOT / "models" / "onnx"
 
 
 def make_spec(max_chunk: int = 8, sha: str | None = None, max_chars: int = 2000) -> ModelSpec:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import sentiment_data as data
+from statecast.models import sentiment_data as data
 
 pytestmark = pytest.mark.unit
 

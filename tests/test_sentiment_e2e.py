@@ -22,18 +22,18 @@ import redis.asyncio as aioredis
 import torch
 from prometheus_client import CollectorRegistry
 
-from export import sentiment_export as se
-from export.manifest import Artefact, sha256_file, upsert_entry
-from export.step_export import export_step_model, manifest_entry
-from loadtest.text_streams import Conversation, event_bytes, round_robin
-from models.sentiment import SentimentConfig, SentimentLSTM, SentimentStep, zero_state
-from models.sentiment_data import TOKENIZER_PATH, load_tokenizer
+from statecast.contract.manifest import Artefact, sha256_file, upsert_entry
+from statecast.export import sentiment_export as se
+from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.loadtest.text_streams import Conversation, event_bytes, round_robin
+from statecast.models.sentiment import SentimentConfig, SentimentLSTM, SentimentStep, zero_state
+from statecast.models.sentiment_data import TOKENIZER_PATH, load_tokenizer
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
+from statecast.worker.state_codec import StateCodec
+from statecast.worker.state_store import state_key
 from tests.kafka_helpers import consume_all, create_topic, produce
 from tests.worker_helpers import TinyModel, worker_settings
-from worker.loop import Worker
-from worker.routing import Route
-from worker.state_codec import StateCodec
-from worker.state_store import state_key
 
 pytestmark = pytest.mark.integration
 

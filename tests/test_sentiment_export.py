@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import sentiment_export as se
-from export.manifest import DEFAULT_MANIFEST, load_manifest
-from export.parity import PARITY_TOLERANCE, step_parity
-from export.spec import ModelSpec
-from export.step_export import export_step_model, read_spec
-from models.sentiment import SentimentConfig, SentimentLSTM, SentimentStep, zero_state
+from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
+from statecast.contract.spec import ModelSpec
+from statecast.export import sentiment_export as se
+from statecast.export.parity import PARITY_TOLERANCE, step_parity
+from statecast.export.step_export import export_step_model, read_spec
+from statecast.models.sentiment import SentimentConfig, SentimentLSTM, SentimentStep, zero_state
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from loadtest.text_streams import (
+from statecast.loadtest.text_streams import (
     conversations_from_reviews,
     event_bytes,
     round_robin,

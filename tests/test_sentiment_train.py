@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.sentiment import SentimentConfig, SentimentLSTM
-from models.sentiment_train import (
+from statecast.models.sentiment import SentimentConfig, SentimentLSTM
+from statecast.models.sentiment_train import (
     BucketedBatches,
     accuracy,
     bag_accuracy,

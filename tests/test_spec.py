@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from export.manifest import (
+from statecast.contract.manifest import (
     ManifestEntry,
     ManifestError,
     check_digest,
@@ -14,7 +14,14 @@ from export.manifest import (
     sha256_file,
     upsert_entry,
 )
-from export.spec import SPEC_KEY, ModelSpec, OutputSpec, SpecError, StateSpec, TensorSpec
+from statecast.contract.spec import (
+    SPEC_KEY,
+    ModelSpec,
+    OutputSpec,
+    SpecError,
+    StateSpec,
+    TensorSpec,
+)
 
 pytestmark = pytest.mark.unit
 

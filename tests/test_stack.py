@@ -11,9 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
-from tests.kafka_helpers import create_topic, produce
-from worker.stack import (
+from statecast.worker.stack import (
     StackConfig,
     StackError,
     find_redis_server,
@@ -22,6 +20,8 @@ from worker.stack import (
     stack_status,
     stack_up,
 )
+from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
+from tests.kafka_helpers import create_topic, produce
 
 
 @pytest.mark.integration

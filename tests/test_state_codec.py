@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from export.spec import StateSpec
-from worker.state_codec import (
+from statecast.contract.spec import StateSpec
+from statecast.worker.state_codec import (
     HEADER_FIXED_SIZE,
     OFFSET_POS,
     PARTITION_POS,

@@ -14,10 +14,10 @@ import pytest
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from export.spec import StateSpec
-from worker.redis_conn import RedisSettings, connect_redis
-from worker.stack import find_redis_server, free_port
-from worker.state_store import ReadStatus, StateStore, StoredState
+from statecast.contract.spec import StateSpec
+from statecast.worker.redis_conn import RedisSettings, connect_redis
+from statecast.worker.stack import find_redis_server, free_port
+from statecast.worker.state_store import ReadStatus, StateStore, StoredState
 
 PASSWORD = "s3cret-for-tests"
 

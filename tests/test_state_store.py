@@ -12,16 +12,16 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from export.spec import StateSpec
-from tests.redis_cluster import RedisClusterHandle, redis_cluster
-from worker.redis_conn import RedisClient, RedisSettings, connect_redis
-from worker.stack import Service
-from worker.state_store import (
+from statecast.contract.spec import StateSpec
+from statecast.worker.redis_conn import RedisClient, RedisSettings, connect_redis
+from statecast.worker.stack import Service
+from statecast.worker.state_store import (
     ReadStatus,
     StateStore,
     StoredState,
     state_key,
 )
+from tests.redis_cluster import RedisClusterHandle, redis_cluster
 
 pytestmark = pytest.mark.integration
 

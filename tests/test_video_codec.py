@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.spec import ModelSpec
-from export.video_export import build_spec
-from models.video import VideoConfig, VideoLSTM
-from worker.codecs import codec_for
-from worker.codecs.base import (
+from statecast.contract.spec import ModelSpec
+from statecast.export.video_export import build_spec
+from statecast.models.video import VideoConfig, VideoLSTM
+from statecast.worker.codecs import codec_for
+from statecast.worker.codecs.base import (
     REASON_EMPTY,
     REASON_SCHEMA,
     REASON_TOO_LARGE,
@@ -23,7 +23,7 @@ from worker.codecs.base import (
     RawRecord,
     Rejected,
 )
-from worker.codecs.frames import REASON_NO_KEY, FrameCodec
+from statecast.worker.codecs.frames import REASON_NO_KEY, FrameCodec
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.video_data import (
+from statecast.models.video_data import (
     MOTIONS,
     ClipConfig,
     make_clips,

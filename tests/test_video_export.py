@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.manifest import check_digest, load_manifest
-from export.parity import PARITY_TOLERANCE
-from export.step_export import export_step_model, read_spec
-from export.video_export import (
+from statecast.contract.manifest import check_digest, load_manifest
+from statecast.export.parity import PARITY_TOLERANCE
+from statecast.export.step_export import export_step_model, read_spec
+from statecast.export.video_export import (
     CHECKPOINT_PATH,
     NAME,
     ONNX_PATH,
@@ -22,8 +22,8 @@ from export.video_export import (
     parity_video_lstm,
     reference_probs,
 )
-from models.video import VideoConfig, VideoLSTM, VideoStep
-from models.video_data import MOTIONS, ClipConfig
+from statecast.models.video import VideoConfig, VideoLSTM, VideoStep
+from statecast.models.video_data import MOTIONS, ClipConfig
 
 pytestmark = pytest.mark.unit
 

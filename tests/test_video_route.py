@@ -21,16 +21,17 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from export.manifest import REPO_ROOT, ManifestEntry, load_manifest, upsert_entry
-from export.spec import ModelSpec
-from export.step_export import read_spec
-from models.video_data import make_clips, synthetic_images
+from statecast.contract.manifest import ManifestEntry, load_manifest, upsert_entry
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.spec import ModelSpec
+from statecast.export.step_export import read_spec
+from statecast.models.video_data import make_clips, synthetic_images
+from statecast.worker.codecs.base import Decoded, RawRecord
+from statecast.worker.codecs.frames import FrameCodec
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
 from tests.kafka_helpers import consume_all, create_topic, produce
 from tests.worker_helpers import TinyModel, worker_settings
-from worker.codecs.base import Decoded, RawRecord
-from worker.codecs.frames import FrameCodec
-from worker.loop import Worker
-from worker.routing import Route
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     root = tmp_path_factory.mktemp("video")
     path = root / entry.onnx
     path.parent.mkdir(parents=True)
-    shutil.copyfile(entry.onnx_path(REPO_ROOT), path)
+    shutil.copyfile(entry.onnx_path(PACKAGE_ROOT), path)
     manifest = root / "models" / "manifest.json"
     upsert_entry(
         ManifestEntry(entry.name, entry.version, entry.kind, entry.onnx, entry.sha256), manifest

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.backoff import DependencyTimeout
+from statecast.worker.loop import Worker
+from statecast.worker.stack import Service, free_port
 from tests.kafka_helpers import produce
 from tests.test_worker_e2e import (
     interleaved,
@@ -23,9 +26,6 @@ from tests.test_worker_e2e import (
     stored_state,
 )
 from tests.worker_helpers import TinyModel
-from worker.backoff import DependencyTimeout
-from worker.loop import Worker
-from worker.stack import Service, free_port
 
 pytestmark = pytest.mark.integration
 __all__ = ["lstm"]  # the module-scoped model fixture of test_worker_e2e

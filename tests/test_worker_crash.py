@@ -1,7 +1,7 @@
 """Crash safety: ``kill -9`` of the worker process at many points, then restart.
 
 One replayed stream set, one consumer group, one state prefix. The worker runs as a child
-process (``python -m worker worker``, configured by ``STATECAST_*`` as in production) and
+process (``python -m statecast worker``, configured by ``STATECAST_*`` as in production) and
 is SIGKILLed repeatedly:
 
 - by its own fault hook ``STATECAST_TEST_CRASH_AT`` between publish and state write
@@ -38,6 +38,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.loop import Worker
+from statecast.worker.redis_conn import RedisSettings, connect_redis
+from statecast.worker.routing import Route
+from statecast.worker.state_store import ReadStatus, StateStore, state_key
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
 from tests.kafka_helpers import create_topic, produce
 from tests.worker_helpers import (
@@ -47,10 +51,6 @@ from tests.worker_helpers import (
     tiny_forecast_model,
     worker_settings,
 )
-from worker.loop import Worker
-from worker.redis_conn import RedisSettings, connect_redis
-from worker.routing import Route
-from worker.state_store import ReadStatus, StateStore, state_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,7 +115,7 @@ async def run_worker(
     """Start a worker; SIGKILL it ``kill_after_assigned_s`` after it logged its partition
     assignment (if given); wait for it to end, bounded by ``within_s``."""
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "worker", "worker", "--idle-timeout", str(idle_timeout_s)]
+    cmd = [sys.executable, "-m", "statecast", "worker", "--idle-timeout", str(idle_timeout_s)]
     with log_path.open("wb") as fh:
         proc = await asyncio.create_subprocess_exec(
             *cmd, env=dict(env), cwd=ROOT, stdout=fh, stderr=asyncio.subprocess.STDOUT

@@ -18,6 +18,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
+from statecast.worker.settings import Settings
+from statecast.worker.state_codec import StateCodec
+from statecast.worker.state_store import state_key
 from tests.kafka_helpers import consume_all, create_topic, produce
 from tests.worker_helpers import (
     TinyModel,
@@ -26,11 +31,6 @@ from tests.worker_helpers import (
     tiny_forecast_model,
     worker_settings,
 )
-from worker.loop import Worker
-from worker.routing import Route
-from worker.settings import Settings
-from worker.state_codec import StateCodec
-from worker.state_store import state_key
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.backoff import DependencyTimeout
+from statecast.worker.health import HealthServer
+from statecast.worker.loop import Worker
+from statecast.worker.settings import RedisOptions
+from statecast.worker.stack import Service, free_port
 from tests.kafka_helpers import consume_all, produce
 from tests.test_worker_e2e import (
     FEATS,
@@ -24,11 +29,6 @@ from tests.test_worker_e2e import (
     stored_state,
 )
 from tests.worker_helpers import TinyModel, event, offline_predictions
-from worker.backoff import DependencyTimeout
-from worker.health import HealthServer
-from worker.loop import Worker
-from worker.settings import RedisOptions
-from worker.stack import Service, free_port
 
 pytestmark = pytest.mark.integration
 __all__ = ["lstm"]  # the module-scoped model fixture, shared with test_worker_e2e
@@ -159,7 +159,7 @@ async def test_redis_restart_mid_stream_loses_nothing_and_logs_once_per_change(
     )
     registry = CollectorRegistry()
     worker = Worker(settings, registry)
-    caplog.set_level(logging.WARNING, logger="worker.backoff")
+    caplog.set_level(logging.WARNING, logger="statecast.worker.backoff")
     run = asyncio.create_task(worker.run(max_records=total, idle_timeout_s=60))
     await produce(kafka_bootstrap, topics[0], interleaved(first, seed=4))
     for _ in range(1200):

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from export.manifest import DEFAULT_MANIFEST, load_manifest
-from export.spec import ModelSpec
+from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
+from statecast.contract.spec import ModelSpec
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
+from statecast.worker.settings import KafkaSettings, RedisOptions, Settings
 from tests.kafka_helpers import consume_all, create_topic, produce
-from worker.loop import Worker
-from worker.routing import Route
-from worker.settings import KafkaSettings, RedisOptions, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def flat(pred: dict[str, Any], spec: ModelSpec) -> list[float]:
 async def test_replayed_real_series_match_the_exported_models_offline(
     kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]
 ) -> None:
-    from models.datasets import load_elecdemand, load_stock_prices
+    from statecast.models.datasets import load_elecdemand, load_stock_prices
 
     sensor_path, sensor_spec = shipped("sensor_lstm")
     price_path, price_spec = shipped("price_gru")

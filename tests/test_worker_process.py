@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from export.manifest import load_manifest, save_manifest
+from statecast.contract.manifest import load_manifest, save_manifest
+from statecast.worker.models import ModelLoadError, load_models
+from statecast.worker.routing import Route
+from statecast.worker.settings import Settings
+from statecast.worker.stack import free_port
 from tests.kafka_helpers import create_topic
 from tests.worker_helpers import TinyModel, tiny_forecast_model
-from worker.models import ModelLoadError, load_models
-from worker.routing import Route
-from worker.settings import Settings
-from worker.stack import free_port
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ async def test_sigterm_drains_and_exits_zero(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker",
+        "statecast",
         "worker",
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -119,7 +119,7 @@ async def test_sigterm_drains_and_exits_zero(
 def test_bad_configuration_exits_2() -> None:
     env = {**os.environ, "STATECAST_MAX_BATCH": "lots"}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker", "worker"], env=env, capture_output=True, timeout=60
+        [sys.executable, "-m", "statecast", "worker"], env=env, capture_output=True, timeout=60
     )
     assert proc.returncode == 2
     assert b"STATECAST_MAX_BATCH" in proc.stdout + proc.stderr

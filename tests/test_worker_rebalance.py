@@ -22,12 +22,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
 from tests.kafka_helpers import create_topic
 from tests.redis_cluster import RedisClusterHandle, redis_cluster
 from tests.test_worker_crash import check_outcome, interleave, make_series
 from tests.worker_helpers import TinyModel, tiny_forecast_model, worker_settings
-from worker.loop import Worker
-from worker.routing import Route
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

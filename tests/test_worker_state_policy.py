@@ -10,13 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
+from statecast.worker.state_codec import StateCodec, StoredState
+from statecast.worker.state_store import state_key
 from tests.kafka_helpers import consume_all, create_topic, produce
 from tests.worker_helpers import TinyModel, event, offline_predictions, tiny_forecast_model
 from tests.worker_helpers import worker_settings as make_settings
-from worker.loop import Worker
-from worker.routing import Route
-from worker.state_codec import StateCodec, StoredState
-from worker.state_store import state_key
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ import numpy as np
 import orjson
 import pytest
 
-from export.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from worker.batching import StreamWork, group_by_stream, run_waves
-from worker.codecs.base import Array, Decoded, RawRecord, Rejected, StepInputs
-from worker.codecs.forecast import ForecastCodec
-from worker.routing import parse_routes
-from worker.settings import Settings, SettingsError, mask_url
-from worker.state_cache import CachedState, StateCache
+from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.worker.batching import StreamWork, group_by_stream, run_waves
+from statecast.worker.codecs.base import Array, Decoded, RawRecord, Rejected, StepInputs
+from statecast.worker.codecs.forecast import ForecastCodec
+from statecast.worker.routing import parse_routes
+from statecast.worker.settings import Settings, SettingsError, mask_url
+from statecast.worker.state_cache import CachedState, StateCache
 
 pytestmark = pytest.mark.unit
 
@@ -290,7 +290,7 @@ def test_cache_drops_revoked_partitions_and_expires_like_redis() -> None:
 def test_observe_many_equals_one_observe_per_value() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from worker.metrics import observe_many
+    from statecast.worker.metrics import observe_many
 
     values = [0.0, 0.0001, 0.0003, 0.001, 0.02, 7.0, 100.0]
     reg_a, reg_b = CollectorRegistry(), CollectorRegistry()

@@ -20,10 +20,10 @@ import onnx
 import onnxruntime as ort
 import orjson
 
-from export.manifest import ManifestEntry, sha256_file, upsert_entry
-from export.spec import SPEC_KEY, ModelSpec, OutputSpec, StateSpec, TensorSpec
-from worker.routing import Route
-from worker.settings import KafkaSettings, RedisOptions, Settings
+from statecast.contract.manifest import ManifestEntry, sha256_file, upsert_entry
+from statecast.contract.spec import SPEC_KEY, ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.worker.routing import Route
+from statecast.worker.settings import KafkaSettings, RedisOptions, Settings
 
 SENSOR_FEATURES = ("demand", "temperature", "workday")
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from worker.metrics import WorkerMetrics
+from statecast.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

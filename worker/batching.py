@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from export.spec import StateSpec
-from worker.codecs.base import Array, Codec, Decoded, RawRecord, StepInputs
+from statecast.contract.spec import StateSpec
+from statecast.worker.codecs.base import Array, Codec, Decoded, RawRecord, StepInputs
 
 State = dict[str, Array]  # state name -> [layers, hidden] float32, one stream
 

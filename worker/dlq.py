@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.codecs.base import RawRecord
-from worker.publisher import OutMessage
+from statecast.worker.codecs.base import RawRecord
+from statecast.worker.publisher import OutMessage
 
 # Reasons the worker core adds to the codecs' (worker.codecs.base.REASON_*).
 REASON_STATE_MISMATCH = "state_mismatch"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from worker.codecs.base import Array
+from statecast.worker.codecs.base import Array
 
 log = logging.getLogger(__name__)
 

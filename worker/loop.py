@@ -38,18 +38,18 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
-from worker.backoff import DependencyWatch, Retrier
-from worker.batching import StreamWork, WaveOutcome, group_by_stream, run_waves
-from worker.broker_probe import broker_reachable
-from worker.codecs.base import REASON_NO_ROUTE, Array, Decoded, RawRecord, Rejected
-from worker.dlq import REASON_STATE_MISMATCH, DeadLetter, dead_letter_message
-from worker.metrics import WorkerMetrics, observe_many
-from worker.models import ServedModel, load_models
-from worker.publisher import OutMessage, Publisher, build_producer
-from worker.redis_conn import RedisClient, RedisSettings, connect_redis
-from worker.settings import Settings
-from worker.state_cache import CachedState, StateCache
-from worker.state_store import ReadStatus, StateStore, StoredState, state_key
+from statecast.worker.backoff import DependencyWatch, Retrier
+from statecast.worker.batching import StreamWork, WaveOutcome, group_by_stream, run_waves
+from statecast.worker.broker_probe import broker_reachable
+from statecast.worker.codecs.base import REASON_NO_ROUTE, Array, Decoded, RawRecord, Rejected
+from statecast.worker.dlq import REASON_STATE_MISMATCH, DeadLetter, dead_letter_message
+from statecast.worker.metrics import WorkerMetrics, observe_many
+from statecast.worker.models import ServedModel, load_models
+from statecast.worker.publisher import OutMessage, Publisher, build_producer
+from statecast.worker.redis_conn import RedisClient, RedisSettings, connect_redis
+from statecast.worker.settings import Settings
+from statecast.worker.state_cache import CachedState, StateCache
+from statecast.worker.state_store import ReadStatus, StateStore, StoredState, state_key
 
 log = logging.getLogger(__name__)
 

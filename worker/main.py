@@ -17,10 +17,10 @@ import logging
 import os
 import signal
 
-from worker.backoff import DependencyTimeout
-from worker.health import HealthServer
-from worker.models import ModelLoadError
-from worker.settings import Settings, SettingsError
+from statecast.worker.backoff import DependencyTimeout
+from statecast.worker.health import HealthServer
+from statecast.worker.models import ModelLoadError
+from statecast.worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def serve(
     settings: Settings, max_records: int | None = None, idle_timeout_s: float | None = None
 ) -> int:
     # Imported here so `statecast worker --help` does not load onnxruntime.
-    from worker.loop import Worker
+    from statecast.worker.loop import Worker
 
     worker = Worker(settings)
     health = HealthServer(worker.metrics.registry, worker.readiness)

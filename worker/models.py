@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import ManifestEntry, ManifestError, check_digest, load_manifest
-from export.spec import ModelSpec, SpecError
-from worker.codecs import codec_for
-from worker.codecs.base import Codec
-from worker.inference import StepSession
-from worker.routing import Route
-from worker.settings import Settings
+from statecast.contract.manifest import ManifestEntry, ManifestError, check_digest, load_manifest
+from statecast.contract.spec import ModelSpec, SpecError
+from statecast.worker.codecs import codec_for
+from statecast.worker.codecs.base import Codec
+from statecast.worker.inference import StepSession
+from statecast.worker.routing import Route
+from statecast.worker.settings import Settings
 
 
 class ModelLoadError(RuntimeError):

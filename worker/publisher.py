@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 
-from worker.settings import KafkaSettings
+from statecast.worker.settings import KafkaSettings
 
 MAX_BATCH_BYTES = 1 << 20
 

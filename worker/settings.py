@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from export.manifest import DEFAULT_MANIFEST
-from worker.routing import Route, parse_routes
+from statecast.contract.manifest import DEFAULT_MANIFEST
+from statecast.worker.routing import Route, parse_routes
 
 DEFAULT_ROUTES = "sensor=sensor_lstm;prices=price_gru"
 CRASH_STAGES = ("after_publish", "after_state_write", "after_commit")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.batching import State
+from statecast.worker.batching import State
 
 
 @dataclass(frozen=True)

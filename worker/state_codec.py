@@ -17,7 +17,7 @@ little-endian (positions 0-based)::
     ..  the tensors' float32 bytes, concatenated in spec order, each [layers, hidden]
 
 The partition and offset sit at fixed positions so the offset fence in Lua
-(:mod:`worker.state_store`) can read them with ``struct.unpack`` without parsing the rest.
+(:mod:`statecast.worker.state_store`) can read them with ``struct.unpack`` without parsing the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.spec import StateSpec
+from statecast.contract.spec import StateSpec
 
 MAGIC = b"SCST"
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Per-stream recurrent state in Redis: batched reads, fenced atomic writes with a TTL.
 
 - Key: ``<prefix>:<model>:<state-version>:<stream>`` (:func:`state_key`).
-- Value: :mod:`worker.state_codec` (fixed header with the last applied partition/offset,
+- Value: :mod:`statecast.worker.state_codec` (fixed header with the last applied partition/offset,
   then raw float32 bytes). State and offset live in one value, so one SET writes both
   atomically.
 - ``read_many``: one MGET on a single Redis. On a cluster MGET cannot span slots, so keys
@@ -28,9 +28,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from export.spec import StateSpec
-from worker.redis_conn import RedisClient
-from worker.state_codec import (
+from statecast.contract.spec import StateSpec
+from statecast.worker.redis_conn import RedisClient
+from statecast.worker.state_codec import (
     HEADER_FIXED_SIZE,
     OFFSET_POS,
     PARTITION_POS,

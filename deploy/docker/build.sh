@@ -13,8 +13,9 @@ trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/src" "$ctx/app/models"
 cd "$root"
 cp pyproject.toml README.md "$ctx/src/"
-# Python sources only: the packages also hold checkpoints, data and ONNX files.
-find worker export models loadtest \( -name '*.py' -o -name py.typed \) -type f 2>/dev/null |
+# Python sources only: the packages also hold checkpoints, data and ONNX files. -L follows
+# statecast/<name>, the links to the top-level folders, so the context holds real files.
+find -L statecast \( -name '*.py' -o -name py.typed \) -type f 2>/dev/null |
   tar -c -T - | tar -C "$ctx/src" -x
 for art in models/manifest.json models/onnx models/tokenizer; do
   if [ -e "$art" ]; then cp -r "$art" "$ctx/app/models/"; fi

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
-from export.spec import ModelSpec
-from worker.codecs.base import Codec
+from statecast.contract.spec import ModelSpec
+from statecast.worker.codecs.base import Codec
 
 CODECS: dict[str, str] = {
-    "forecast": "worker.codecs.forecast:ForecastCodec",
-    "sentiment": "worker.codecs.text:TextCodec",
-    "video": "worker.codecs.frames:FrameCodec",
+    "forecast": "statecast.worker.codecs.forecast:ForecastCodec",
+    "sentiment": "statecast.worker.codecs.text:TextCodec",
+    "video": "statecast.worker.codecs.frames:FrameCodec",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from export.spec import ModelSpec
+from statecast.contract.spec import ModelSpec
 
 Array = npt.NDArray[Any]
 StepInputs = Mapping[str, Array]  # one step of one record: input name -> array, no batch axis

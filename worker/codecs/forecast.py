@@ -20,8 +20,8 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from export.spec import ModelSpec
-from worker.codecs.base import (
+from statecast.contract.spec import ModelSpec
+from statecast.worker.codecs.base import (
     REASON_EMPTY,
     REASON_EXTRA_FEATURE,
     REASON_MISSING_FEATURE,

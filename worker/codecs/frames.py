@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from export.spec import ModelSpec
-from worker.codecs.base import (
+from statecast.contract.spec import ModelSpec
+from statecast.worker.codecs.base import (
     REASON_EMPTY,
     REASON_SCHEMA,
     REASON_TOO_LARGE,

@@ -25,8 +25,8 @@ import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
-from export.spec import ModelSpec
-from worker.codecs.base import (
+from statecast.contract.spec import ModelSpec
+from statecast.worker.codecs.base import (
     REASON_EMPTY,
     REASON_NOT_JSON,
     REASON_SCHEMA,

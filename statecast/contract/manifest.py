@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = REPO_ROOT / "models" / "manifest.json"
+from statecast.contract.paths import PACKAGE_ROOT
+
+DEFAULT_MANIFEST = PACKAGE_ROOT / "models" / "manifest.json"
 
 
 class ManifestError(ValueError):
@@ -47,7 +48,7 @@ class ManifestEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     artefacts: dict[str, Artefact] = field(default_factory=dict)
 
-    def onnx_path(self, root: Path = REPO_ROOT) -> Path:
+    def onnx_path(self, root: Path = PACKAGE_ROOT) -> Path:
         return root / self.onnx
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def upsert_entry(entry: ManifestEntry, path: Path = DEFAULT_MANIFEST) -> None:
     save_manifest(entries, path)
 
 
-def check_digest(entry: ManifestEntry, root: Path = REPO_ROOT) -> Path:
+def check_digest(entry: ManifestEntry, root: Path = PACKAGE_ROOT) -> Path:
     """The ONNX path of ``entry`` after checking its sha256 (and its artefacts')."""
     onnx_path = entry.onnx_path(root)
     if not onnx_path.is_file():

@@ -1,0 +1,3 @@
+from statecast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The step-model contract shared by the exporter and the worker: spec, manifest, paths."""
