@@ -153,3 +153,119 @@ def gaussian_metrics(
         points=int(m.size),
         per_series=per,
     )
+
+
+# --- multi-horizon quantile forecasts ----------------------------------------------------
+
+
+def pinball(pred: npt.ArrayLike, target: npt.ArrayLike, quantiles: npt.ArrayLike) -> FloatArray:
+    """Pinball (quantile) loss per point: ``pred [..., Q]`` against ``target [...]``."""
+    p = np.asarray(pred, np.float64)
+    y = np.asarray(target, np.float64)[..., None]
+    q = np.asarray(quantiles, np.float64)
+    err = y - p
+    out: FloatArray = np.maximum(q * err, (q - 1.0) * err)
+    return out
+
+
+@dataclass(frozen=True)
+class QuantileMetrics:
+    """Scores of ``[origins, horizons, quantiles]`` forecasts against ``[origins, horizons]``.
+
+    The quantiles must include 0.1, 0.5 and 0.9: the one-step MAE is that of the median at
+    horizon 1 and the 80% interval is [p10, p90].
+    """
+
+    mean_pinball: float
+    mae_h1: float
+    mae_p50: float  # over every horizon
+    coverage80: float
+    coverage80_h48: float  # at the last horizon
+    pinball_by_horizon: tuple[float, ...]
+    origins: int
+
+    def to_dict(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            f"{prefix}mean_pinball": round(self.mean_pinball, 6),
+            f"{prefix}mae_h1": round(self.mae_h1, 6),
+            f"{prefix}mae_p50": round(self.mae_p50, 6),
+            f"{prefix}coverage80": round(self.coverage80, 4),
+            f"{prefix}coverage80_last": round(self.coverage80_h48, 4),
+        }
+
+
+def quantile_metrics(
+    pred: npt.ArrayLike, target: npt.ArrayLike, quantiles: tuple[float, ...]
+) -> QuantileMetrics:
+    p = np.asarray(pred, np.float64)
+    y = np.asarray(target, np.float64)
+    qs = list(quantiles)
+    lo, mid, hi = qs.index(0.1), qs.index(0.5), qs.index(0.9)
+    loss = pinball(p, y, quantiles)  # [N, H, Q]
+    inside = (y >= p[..., lo]) & (y <= p[..., hi])
+    return QuantileMetrics(
+        mean_pinball=float(loss.mean()),
+        mae_h1=float(np.mean(np.abs(p[:, 0, mid] - y[:, 0]))),
+        mae_p50=float(np.mean(np.abs(p[..., mid] - y))),
+        coverage80=float(inside.mean()),
+        coverage80_h48=float(inside[:, -1].mean()),
+        pinball_by_horizon=tuple(float(v) for v in loss.mean(axis=(0, 2))),
+        origins=int(p.shape[0]),
+    )
+
+
+# --- value at risk -----------------------------------------------------------------------
+
+Z_99 = 2.3263478740408408  # standard normal 99% quantile
+Z_975 = 1.959963984540054  # two-sided 95%
+
+
+@dataclass(frozen=True)
+class VaRBacktest:
+    """1-day 99% VaR breaches (return below mean - z99 sd) and Kupiec's unconditional test."""
+
+    points: int
+    breaches: int
+    expected: float
+    kupiec_lr: float
+    kupiec_p: float
+    coverage95: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "var99_breaches": self.breaches,
+            "var99_expected": round(self.expected, 2),
+            "kupiec_lr": round(self.kupiec_lr, 4),
+            "kupiec_p": round(self.kupiec_p, 4),
+            "coverage95": round(self.coverage95, 4),
+        }
+
+
+def kupiec_lr(n: int, x: int, p: float) -> float:
+    """Kupiec's likelihood ratio for ``x`` breaches in ``n`` days at breach rate ``p``."""
+
+    def loglik(rate: float) -> float:
+        # 0 * log(0) is 0: a rate of 0 or 1 is the limit of the likelihood, not -inf.
+        a = (n - x) * math.log(1.0 - rate) if n > x else 0.0
+        b = x * math.log(rate) if x > 0 else 0.0
+        return a + b
+
+    return max(0.0, -2.0 * (loglik(p) - loglik(x / n)))
+
+
+def var_backtest(mean: npt.ArrayLike, log_var: npt.ArrayLike, target: npt.ArrayLike) -> VaRBacktest:
+    from scipy.stats import chi2
+
+    m, lv, y = (np.asarray(a, np.float64) for a in (mean, log_var, target))
+    sd = np.exp(0.5 * lv)
+    n = int(y.size)
+    x = int(np.sum(y < m - Z_99 * sd))
+    lr = kupiec_lr(n, x, 0.01)
+    return VaRBacktest(
+        points=n,
+        breaches=x,
+        expected=0.01 * n,
+        kupiec_lr=lr,
+        kupiec_p=float(chi2.sf(lr, 1)),
+        coverage95=float(np.mean(np.abs(y - m) <= Z_975 * sd)),
+    )
