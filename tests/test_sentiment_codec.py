@@ -41,7 +41,7 @@ def make_spec(max_chunk: int = 8, sha: str | None = None, max_chars: int = 2000)
 
 
 def record(value: bytes | None, offset: int = 0, ts: int = 1_000) -> RawRecord:
-    return RawRecord("text", 0, offset, ts, b"k", value)
+    return RawRecord("text", 0, offset, ts, None, value)  # unkeyed: the body names the stream
 
 
 def text_event(text: object, stream: object = "conv-1", ts: object = 1_700_000_000_000) -> bytes:

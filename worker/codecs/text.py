@@ -7,6 +7,14 @@ Events are JSON ``{"stream": str, "ts": epoch ms, "text": str}``. Route options:
 - ``mode=conversation``: the stream's state runs on across its messages, so each
   prediction is the running sentiment of the conversation so far.
 
+Budgets, each checked before the step it protects (docs/hostile-input.md): ``max_bytes``
+per message before parsing (``too_large``); the stream id (``max_stream_bytes``,
+``stream_from``: :class:`~statecast.worker.codecs.base.StreamIdentity`); ``ts`` within
+int64 ms (``ts_out_of_range``); ``max_chars`` counted AFTER the tokenizer's normalisation
+(NFKC turns one U+FDFA into 18 characters: counting before let a 60 KB message become
+660,001 tokens) (``too_large``); ``max_tokens`` per message (``too_many_tokens``), which
+bounds the waves one message costs to ``max_tokens / max_chunk_tokens``.
+
 The tokenizer named in ``spec.preprocess`` (relative to ``model_dir``, the ONNX file's directory;
 pinned by sha256) is the one the model was trained with. A whole poll's texts are tokenized in one
 ``encode_batch`` call; a text longer than ``max_chunk_tokens`` becomes several steps.
@@ -31,16 +39,29 @@ from statecast.worker.codecs.base import (
     REASON_NOT_JSON,
     REASON_SCHEMA,
     REASON_TOO_LARGE,
+    REASON_TOO_MANY_TOKENS,
+    REASON_TS_OUT_OF_RANGE,
     REASON_WRONG_TYPE,
+    STREAM_OPTIONS,
     Array,
     Decoded,
     RawRecord,
     Rejected,
     StepInputs,
+    StreamIdentity,
+    in_int64,
+    positive_int,
 )
 
 MODES = ("message", "conversation")
 DEFAULT_MAX_TEXT_CHARS = 20_000
+# JSON may escape a character as 6 bytes (12 for a surrogate pair): 128 KiB holds any text
+# within the character budget written plainly, and refuses the rest before parsing.
+DEFAULT_MAX_BYTES = 128 * 1024
+# English runs about 4 characters per token, so 20,000 characters is ~5,000 tokens; byte-level
+# BPE can make 4 tokens of one rare character, which this caps (64 waves of 128 tokens).
+DEFAULT_MAX_TOKENS = 8192
+_OPTIONS = frozenset({"mode", "max_chars", "max_bytes", "max_tokens"}) | STREAM_OPTIONS
 
 
 class TextCodecError(ValueError):
@@ -63,7 +84,7 @@ class TextCodec:
         mode = options.get("mode", "message")
         if mode not in MODES:
             raise TextCodecError(f"text route mode must be one of {MODES}, got {mode!r}")
-        unknown = set(options) - {"mode", "max_chars"}
+        unknown = set(options) - _OPTIONS
         if unknown:
             raise TextCodecError(f"unknown text route options {sorted(unknown)}")
         self.mode = mode
@@ -84,12 +105,22 @@ class TextCodec:
         self.output = spec.outputs[0].name
         if self.max_chunk < 1 or self.max_chars < 1:
             raise TextCodecError("max_chunk_tokens and max_chars must be positive")
+        try:
+            self.identity = StreamIdentity.from_options(options)
+            self.max_bytes = positive_int(options, "max_bytes", DEFAULT_MAX_BYTES)
+            self.max_tokens = positive_int(options, "max_tokens", DEFAULT_MAX_TOKENS)
+        except ValueError as exc:
+            raise TextCodecError(str(exc)) from exc
+        normalizer = self.tokenizer.normalizer
+        self._normalize = None if normalizer is None else normalizer.normalize_str
 
     # -- decode: runs in a worker thread --------------------------------------------------
 
     def _parse(self, rec: RawRecord) -> tuple[str, int, str] | Rejected:
         if not rec.value:
             return Rejected(REASON_EMPTY, "record has no value")
+        if len(rec.value) > self.max_bytes:
+            return Rejected(REASON_TOO_LARGE, f"{len(rec.value)} bytes > limit {self.max_bytes}")
         try:
             event = orjson.loads(rec.value)
         except orjson.JSONDecodeError as exc:
@@ -97,22 +128,38 @@ class TextCodec:
         if not isinstance(event, dict):
             return Rejected(REASON_SCHEMA, "event is not a JSON object")
         stream, text, ts = event.get("stream"), event.get("text"), event.get("ts")
-        if not isinstance(stream, str) or not stream:
+        if self.identity.from_key:
+            stream = self.identity.from_record_key(rec.key)
+        elif not isinstance(stream, str) or not stream:
             return Rejected(REASON_SCHEMA, "'stream' must be a non-empty string")
+        else:
+            stream = self.identity.resolve(rec.key, stream)
+        if isinstance(stream, Rejected):
+            return stream
         if "text" not in event:
             return Rejected(REASON_SCHEMA, "event has no 'text'")
         if not isinstance(text, str):
             return Rejected(REASON_WRONG_TYPE, f"'text' is {type(text).__name__}, not a string")
         if not text.strip():
             return Rejected(REASON_EMPTY, "'text' is empty")
-        if len(text) > self.max_chars:
-            return Rejected(REASON_TOO_LARGE, f"'text' has {len(text)} > {self.max_chars} chars")
         if ts is None:
             ts_ms = rec.timestamp_ms
         elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
             return Rejected(REASON_WRONG_TYPE, "'ts' must be epoch milliseconds")
         else:
             ts_ms = int(ts)
+            if not in_int64(ts_ms):
+                return Rejected(REASON_TS_OUT_OF_RANGE, "'ts' is outside int64 milliseconds")
+        # Raw length first (cheap), then the length the tokenizer will really see: NFKC
+        # can expand one character to 18, so only the normalised count bounds the work.
+        if len(text) > self.max_chars:
+            return Rejected(REASON_TOO_LARGE, f"'text' has {len(text)} > {self.max_chars} chars")
+        if self._normalize is not None:
+            n = len(self._normalize(text))
+            if n > self.max_chars:
+                return Rejected(
+                    REASON_TOO_LARGE, f"'text' has {n} > {self.max_chars} chars once normalised"
+                )
         return stream, ts_ms, text
 
     def _steps(self, ids: list[int]) -> tuple[StepInputs, ...]:
@@ -135,6 +182,11 @@ class TextCodec:
             ids = next(encodings).ids
             if not ids:
                 out.append(Rejected(REASON_EMPTY, "'text' has no tokens"))
+                continue
+            if len(ids) > self.max_tokens:
+                out.append(
+                    Rejected(REASON_TOO_MANY_TOKENS, f"{len(ids)} tokens > {self.max_tokens}")
+                )
                 continue
             out.append(Decoded(stream=p[0], ts_ms=p[1], steps=self._steps(ids), fresh_state=fresh))
         return out
