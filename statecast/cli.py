@@ -17,10 +17,11 @@ from typing import Protocol, cast
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("statecast.worker.stack_cli", "start/stop the embedded Kafka broker and Redis"),
-    "worker": ("statecast.worker.main", "run the streaming inference worker"),
+    "worker": ("statecast.worker.worker_cli", "run the streaming inference worker"),
     "train": ("statecast.models.train_cli", "train a model on its real data set"),
     "export": ("statecast.export.export_cli", "export trained models as ONNX step models"),
     "models": ("statecast.export.models_cli", "list and verify the shipped models"),
+    "import": ("statecast.export.import_cli", "import a Keras .keras model as a step model"),
     "replay": ("statecast.loadtest.replay_cli", "replay real data sets into Kafka as many streams"),
     "bench": ("statecast.loadtest.bench_cli", "benchmark statecast against a naive worker"),
     "demo": ("statecast.loadtest.demo_cli", "bring up the stack, the worker and a live replay"),

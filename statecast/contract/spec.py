@@ -28,8 +28,11 @@ SPEC_FORMAT = 1
 STATE_IN_PREFIX = "state_in."
 STATE_OUT_PREFIX = "state_out."
 
-ModelKind = Literal["forecast", "sentiment", "video"]
-_KINDS: tuple[str, ...] = ("forecast", "sentiment", "video")
+# "classify": a per-frame image classifier on the frame route (often stateless).
+# "generate": a next-token model whose route also continues the text (worker/generation.py).
+# "synthesis": a stateless generator the load tool runs (never routed in the worker).
+ModelKind = Literal["forecast", "sentiment", "video", "classify", "generate", "synthesis"]
+_KINDS: tuple[str, ...] = ("forecast", "sentiment", "video", "classify", "generate", "synthesis")
 _DTYPES: tuple[str, ...] = ("float32", "int64", "uint8")
 
 
@@ -152,8 +155,8 @@ class ModelSpec:
             raise SpecError(f"unknown model kind {self.kind!r}")
         if not self.inputs or self.inputs[0].name != "x":
             raise SpecError("the first input must be named 'x'")
-        if not self.states:
-            raise SpecError("a step model needs at least one state tensor")
+        # No state tensors is valid: a per-frame classifier is a step model whose next state
+        # is nothing (the worker then keeps no per-stream state for it).
         if not self.outputs:
             raise SpecError("a step model needs at least one prediction output")
         if not self.state_version:

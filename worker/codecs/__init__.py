@@ -19,6 +19,8 @@ CODECS: dict[str, str] = {
     "forecast": "statecast.worker.codecs.forecast:ForecastCodec",
     "sentiment": "statecast.worker.codecs.text:TextCodec",
     "video": "statecast.worker.codecs.frames:FrameCodec",
+    # A per-frame classifier (often stateless) reads frames exactly like the video route.
+    "classify": "statecast.worker.codecs.frames:FrameCodec",
 }
 
 
