@@ -22,6 +22,10 @@ from statecast.contract.manifest import (
 from statecast.contract.spec import SpecError
 from statecast.export.parity import PARITY_TOLERANCE
 
+# Imported models (statecast import) carry Keras's outputs beside the ONNX file instead of a
+# registry recipe; check_digest has already pinned that file by sha256.
+REFERENCE_ARTEFACT = "parity_reference"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["list", "verify"])
@@ -80,6 +84,8 @@ def _check_parity(entry: ManifestEntry, path: Path) -> list[str]:
     from statecast.models.registry import RECIPES
 
     recipe = RECIPES.get(entry.name)
+    if recipe is None and REFERENCE_ARTEFACT in entry.artefacts:
+        return _check_reference_parity(entry, path)
     if recipe is None:
         return [f"{entry.name}: no registry recipe, cannot check parity"]
     fn = recipe.resolve("parity")
@@ -88,6 +94,19 @@ def _check_parity(entry: ManifestEntry, path: Path) -> list[str]:
     if not diff <= PARITY_TOLERANCE:
         return [f"{entry.name}: parity max abs diff {diff:.3g} exceeds {PARITY_TOLERANCE:g}"]
     print(f"ok   {entry.name}: parity max abs diff {diff:.3g} <= {PARITY_TOLERANCE:g}")
+    return []
+
+
+def _check_reference_parity(entry: ManifestEntry, path: Path) -> list[str]:
+    """An imported model: replay its stored Keras reference through onnxruntime alone."""
+    from statecast.export.keras.refstore import load_reference
+    from statecast.export.parity import step_parity
+
+    ref_path = path.parent / Path(entry.artefacts[REFERENCE_ARTEFACT].path).name
+    diff = max(step_parity(path, r.steps, r.expected) for r in load_reference(ref_path))
+    if not diff <= PARITY_TOLERANCE:
+        return [f"{entry.name}: parity max abs diff {diff:.3g} exceeds {PARITY_TOLERANCE:g}"]
+    print(f"ok   {entry.name}: parity vs stored keras reference {diff:.3g} <= {PARITY_TOLERANCE:g}")
     return []
 
 

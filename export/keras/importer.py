@@ -36,7 +36,7 @@ from statecast.contract.manifest import (
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.keras.graph import Converted, convert_model
 from statecast.export.keras.layers import Recurrent, UnsupportedLayer
-from statecast.export.keras.reference import save_reference
+from statecast.export.keras.refstore import save_reference
 from statecast.export.keras.step import (
     Adapter,
     StatefulFrameStep,

@@ -6,14 +6,12 @@ define it: the window model on the last W events (window), the model on the whol
 of the stream (stateful), the model on each input (stateless). The ONNX step run from a
 zero state must reproduce them within 1e-4.
 
-The references are saved as one ``.npz`` beside the ONNX file (no pickle), so that
-``statecast models verify`` can recheck parity with onnxruntime alone.
+:mod:`statecast.export.keras.refstore` saves them beside the ONNX file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +20,7 @@ import torch
 
 from statecast.contract.spec import ModelSpec
 from statecast.export.keras.layers import Embedding
+from statecast.export.keras.refstore import Reference
 from statecast.export.step_export import example_inputs as spec_example_inputs
 
 if TYPE_CHECKING:
@@ -32,12 +31,6 @@ Predict = Callable[[Array], Array]
 BATCH = 4
 EXTRA_EVENTS = 6
 STATEFUL_EVENTS = 12
-
-
-@dataclass(frozen=True)
-class Reference:
-    steps: list[dict[str, Array]]
-    expected: list[dict[str, Array]]
 
 
 def example_inputs(plan: Plan, spec: ModelSpec) -> tuple[torch.Tensor, ...]:
@@ -188,31 +181,3 @@ def _tokens(
         probs = [predict(np.asarray(r[: seen[i]], np.int64)[None]) for i, r in enumerate(rows)]
         expected.append({"positive": np.concatenate(probs).astype(np.float32)})
     return Reference(steps, expected)
-
-
-def save_reference(path: Path, refs: Sequence[Reference]) -> None:
-    arrays: dict[str, Array] = {}
-    for i, r in enumerate(refs):
-        for t, (step, exp) in enumerate(zip(r.steps, r.expected, strict=True)):
-            for k, v in step.items():
-                arrays[f"{i}/{t}/in/{k}"] = v
-            for k, v in exp.items():
-                arrays[f"{i}/{t}/out/{k}"] = v
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
-
-
-def load_reference(path: Path) -> list[Reference]:
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.keys())
-        sets: dict[int, dict[int, tuple[dict[str, Array], dict[str, Array]]]] = {}
-        for key in keys:
-            i, t, io, name = key.split("/", 3)
-            step = sets.setdefault(int(i), {}).setdefault(int(t), ({}, {}))
-            step[0 if io == "in" else 1][name] = data[key]
-    refs: list[Reference] = []
-    for i in sorted(sets):
-        ts = sorted(sets[i])
-        refs.append(Reference([sets[i][t][0] for t in ts], [sets[i][t][1] for t in ts]))
-    return refs
