@@ -32,14 +32,10 @@ class ParityError(AssertionError):
 
 
 def open_session(path: Path) -> tuple[Any, ModelSpec]:
-    """A CPU onnxruntime session and the spec it carries."""
-    import onnxruntime as ort
+    """A CPU onnxruntime session (the worker's builder, one thread) and the spec it carries."""
+    from statecast.worker.inference import build_session
 
-    opts = ort.SessionOptions()
-    # Parity runs beside training and tests on a small machine: stay on one thread.
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = build_session(path)
     spec = ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
     return sess, spec
 

@@ -183,12 +183,9 @@ def _export_plain(
 
 
 def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    from statecast.worker.inference import build_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return build_session(path, intra_op_threads=threads)
 
 
 def _frames_per_s(fn: Callable[[F32, F32], None], x: F32, h: F32, seconds: float) -> float:

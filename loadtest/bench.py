@@ -22,47 +22,35 @@ Prints one JSON object (see :func:`run_bench`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestError, check_digest, load_manifest
 from statecast.loadtest import machine
+from statecast.loadtest.bench_proc import ChildError, ChildProcess, spawn
 from statecast.loadtest.generator import Generator, GeneratorConfig, StreamPlan, make_producer
 from statecast.loadtest.latency import LatencyBook, SendLog
 from statecast.loadtest.measure import Measurer
 from statecast.loadtest.series import ReplaySeries, series_for_topic
 from statecast.loadtest.topics import ensure_topics
-from statecast.worker.stack import Service, StackConfig
+from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS, Service, StackConfig
+from statecast.worker.metrics import STAGES as WORKER_STAGES
+from statecast.worker.routing import Route
+from statecast.worker.settings import KafkaSettings, Settings
+from statecast.worker.state.redis_conn import RedisSettings
 
-SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
 SNAPSHOT_EVERY_S = 0.25
-STAGES = (
-    "poll",
-    "decode",
-    "state_read",
-    "waves",
-    "inference",
-    "encode",
-    "produce",
-    "metrics",
-    "state_write",
-    "commit",
-    "other",
-)
+STAGES = (*WORKER_STAGES, "other")
 
 
-class BenchError(RuntimeError):
+class BenchError(ChildError):
     """The benchmark could not run (no model, a worker died, a phase never finished)."""
 
 
@@ -97,105 +85,26 @@ class BenchSettings:
         return cls(**(base | overrides))
 
 
-@dataclass
-class _Proc:
-    """A child process whose stdout carries JSON lines."""
-
-    proc: asyncio.subprocess.Process
-    name: str
-    stderr_path: Path
-    lines: asyncio.Queue[dict[str, Any]]
-    reader: asyncio.Task[None] | None = None
-
-    async def read_lines(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                obj = orjson.loads(raw)
-                if isinstance(obj, dict):
-                    await self.lines.put(obj)
-
-    async def expect(self, event: str | None, within_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + within_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(
-                    f"{self.name}: no {event or 'result'} line in {within_s:.0f}s; its stderr "
-                    f"ends with:\n{self.stderr_tail()}"
-                )
-            try:
-                obj = await asyncio.wait_for(self.lines.get(), timeout=min(left, 0.5))
-            except TimeoutError:
-                if self.proc.returncode is not None and self.lines.empty():
-                    raise BenchError(
-                        f"{self.name} exited with {self.proc.returncode}:\n{self.stderr_tail()}"
-                    ) from None
-                continue
-            if event is None or obj.get("event") == event:
-                return obj
-
-    def stderr_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    async def stop(self, within_s: float = 20.0) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), within_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self.reader is not None:
-            await asyncio.gather(self.reader, return_exceptions=True)
-
-
-async def _spawn(
-    name: str, args: Sequence[str], env: dict[str, str], workdir: Path, cores: set[int] | None
-) -> _Proc:
-    stderr_path = workdir / f"{name}.stderr"
-    with stderr_path.open("wb") as errfh:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=errfh,
-            stdin=asyncio.subprocess.DEVNULL,
-            env=env,
-        )
-    if cores is not None:
-        machine.pin(proc.pid, cores)
-    p = _Proc(proc, name, stderr_path, asyncio.Queue())
-    p.reader = asyncio.create_task(p.read_lines(), name=f"{name}-stdout")
-    return p
-
-
 def _worker_env(
     settings: BenchSettings, bootstrap: str, redis_url: str, names: dict[str, str]
 ) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "STATECAST_KAFKA_BOOTSTRAP": bootstrap,
-            "STATECAST_GROUP_ID": names["group"],
-            "STATECAST_REDIS_URL": redis_url,
-            "STATECAST_ROUTES": f"{names['input']}={settings.model}",
-            "STATECAST_PREDICTIONS_TOPIC": names["predictions"],
-            "STATECAST_DLQ_TOPIC": names["dlq"],
-            "STATECAST_STATE_PREFIX": names["prefix"],
-            "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-            "STATECAST_MANIFEST": str(settings.manifest),
-            "STATECAST_MODEL_ROOT": str(settings.manifest.resolve().parent.parent),
-            "STATECAST_HTTP_PORT": "0",
-        }
+    worker = replace(
+        Settings(),
+        kafka=KafkaSettings(
+            bootstrap_servers=bootstrap,
+            group_id=names["group"],
+            session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
+        ),
+        redis=RedisSettings(url=redis_url),
+        routes=(Route(names["input"], settings.model),),
+        predictions_topic=names["predictions"],
+        dlq_topic=names["dlq"],
+        state_prefix=names["prefix"],
+        manifest_path=settings.manifest,
+        model_root=settings.manifest.resolve().parent.parent,
+        http_port=0,
     )
-    return env
+    return dict(os.environ) | worker.to_env()
 
 
 class _Stack:
@@ -216,7 +125,7 @@ class _Stack:
                     if pid is not None and old is not None:
                         self._repinned.append((pid, old))
             return self._config.bootstrap_servers, self._config.redis_url
-        from statecast.worker.stack import free_port
+        from statecast.worker.devstack import free_port
 
         kafka = Service("kafka", free_port(), self._workdir)
         redis = Service("redis", free_port(), self._workdir)
@@ -354,7 +263,7 @@ async def _phases(
             result["naive"] = None
             naive_eps = None
         else:
-            naive = await _spawn(
+            naive = await spawn(
                 "naive",
                 [
                     "-m",
@@ -379,7 +288,7 @@ async def _phases(
                     str(settings.naive_seconds),
                 ],
                 dict(os.environ),
-                workdir,
+                workdir / "naive.log",
                 worker_cores[0] if worker_cores else None,
             )
             try:
@@ -393,11 +302,11 @@ async def _phases(
         # -- statecast: backlog -----------------------------------------------------------
         env = _worker_env(settings, bootstrap, redis_url, names)
         workers = [
-            await _spawn(
+            await spawn(
                 f"statecast-worker-{i}",
                 ["-m", "statecast.loadtest.bench_worker"],
                 env,
-                workdir,
+                workdir / f"statecast-worker-{i}.log",
                 worker_cores[i] if worker_cores else None,
             )
             for i in range(settings.workers)
@@ -418,7 +327,7 @@ async def _statecast_phases(
     settings: BenchSettings,
     bootstrap: str,
     names: dict[str, str],
-    workers: list[_Proc],
+    workers: list[ChildProcess],
     gen: Generator,
     log: Any,
     infra_pids: dict[str, int],
@@ -535,10 +444,10 @@ def _core_use(
     return {k: round(v, 2) for k, v in use.items()}
 
 
-async def _snapshots(workers: list[_Proc]) -> list[dict[str, Any]]:
+async def _snapshots(workers: list[ChildProcess]) -> list[dict[str, Any]]:
     for w in workers:
         if w.proc.returncode is not None:
-            raise BenchError(f"{w.name} exited with {w.proc.returncode}:\n{w.stderr_tail()}")
+            raise BenchError(f"{w.name} exited with {w.proc.returncode}:\n{w.log_tail()}")
         w.proc.send_signal(signal.SIGUSR1)
     return [await w.expect("snapshot", 30) for w in workers]
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from statecast.loadtest.bench import BenchError, BenchSettings, finish, run_bench
-from statecast.worker.stack import StackConfig
+from statecast.loadtest.bench import BenchSettings, finish, run_bench
+from statecast.loadtest.bench_proc import ChildError
+from statecast.worker.devstack import StackConfig
 from statecast.worker.stack_cli import DEFAULT_DIR
 
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     try:
         result = asyncio.run(run_bench(settings))
-    except BenchError as exc:
+    except ChildError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     print(orjson.dumps(finish(result)).decode())

@@ -19,23 +19,22 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from statecast.loadtest.bench_proc import ChildError, http_get, spawn
 from statecast.loadtest.demo import ForecastBoard
 from statecast.loadtest.generator import GeneratorConfig
 from statecast.loadtest.replay import ReplaySettings, TopicLoad, build_plans, run_replay
 from statecast.loadtest.series import PRICES_TOPIC, SENSOR_TOPIC, TEXT_TOPIC
 from statecast.loadtest.topics import ensure_topics
-from statecast.worker.stack import (
+from statecast.worker.devstack import (
+    TANSU_SESSION_TIMEOUT_MS,
     StackConfig,
     StackError,
     free_port,
@@ -43,9 +42,11 @@ from statecast.worker.stack import (
     stack_status,
     stack_up,
 )
+from statecast.worker.routing import parse_routes
+from statecast.worker.settings import KafkaSettings, Settings
 from statecast.worker.stack_cli import DEFAULT_DIR
+from statecast.worker.state.redis_conn import RedisSettings
 
-SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
 PREDICTIONS = "predictions"
 DLQ = "statecast.dlq"
 
@@ -78,16 +79,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), ""
-    except (urllib.error.URLError, OSError):
-        return 0, ""
-
-
 def _dead_letters(metrics_text: str) -> float:
     total = 0.0
     for line in metrics_text.splitlines():
@@ -97,76 +88,27 @@ def _dead_letters(metrics_text: str) -> float:
     return total
 
 
-class _WorkerProcess:
-    """``statecast worker`` as a child process with its log in the stack directory."""
-
-    def __init__(self, config: StackConfig, http_port: int, text: bool) -> None:
-        self.http_port = http_port
-        self.log_path = config.workdir / "demo-worker.log"
-        env = dict(os.environ)
-        env.update(
-            {
-                "STATECAST_KAFKA_BOOTSTRAP": config.bootstrap_servers,
-                "STATECAST_REDIS_URL": config.redis_url,
-                # A group of its own, reading from the end: the demo serves what it replays,
-                # not whatever an earlier replay left in the topics.
-                "STATECAST_GROUP_ID": f"statecast-demo-{uuid.uuid4().hex[:8]}",
-                "STATECAST_KAFKA_AUTO_OFFSET_RESET": "latest",
-                "STATECAST_ROUTES": f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru"
-                + (f";{TEXT_TOPIC}=sentiment_lstm?mode=conversation" if text else ""),
-                "STATECAST_PREDICTIONS_TOPIC": PREDICTIONS,
-                "STATECAST_DLQ_TOPIC": DLQ,
-                "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-                "STATECAST_HTTP_HOST": "127.0.0.1",
-                "STATECAST_HTTP_PORT": str(http_port),
-            }
-        )
-        config.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as logfh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "statecast", "worker"],
-                stdout=logfh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    async def wait_ready(self, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the worker exited with {self.proc.returncode}; its log ends with:\n"
-                    f"{self.log_tail()}"
-                )
-            status, _ = await asyncio.to_thread(_get, self.base_url + "/readyz")
-            if status == 200:
-                return
-            await asyncio.sleep(0.5)
-        raise RuntimeError(
-            f"the worker was not ready within {within_s:.0f}s; its log ends with:\n"
-            f"{self.log_tail()}"
-        )
-
-    def stop(self, within_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=within_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+def _worker_settings(config: StackConfig, http_port: int, text: bool) -> Settings:
+    routes = f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru" + (
+        f";{TEXT_TOPIC}=sentiment_lstm?mode=conversation" if text else ""
+    )
+    return replace(
+        Settings(),
+        kafka=KafkaSettings(
+            bootstrap_servers=config.bootstrap_servers,
+            # A group of its own, reading from the end: the demo serves what it replays,
+            # not whatever an earlier replay left in the topics.
+            group_id=f"statecast-demo-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="latest",
+            session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
+        ),
+        redis=RedisSettings(url=config.redis_url),
+        routes=parse_routes(routes),
+        predictions_topic=PREDICTIONS,
+        dlq_topic=DLQ,
+        http_host="127.0.0.1",
+        http_port=http_port,
+    )
 
 
 async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]:
@@ -186,11 +128,19 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
     await ensure_topics(config.bootstrap_servers, {DLQ: 1})
     plans = await build_plans(settings)  # creates sensor, prices and predictions
     port = args.http_port if _port_free(args.http_port) else free_port()
-    worker = _WorkerProcess(config, port, text=args.text_streams > 0)
-    print(f"worker: pid {worker.proc.pid}, log {worker.log_path}")
-    print(f"metrics: {worker.base_url}/metrics   health: {worker.base_url}/readyz")
+    env = dict(os.environ) | _worker_settings(config, port, args.text_streams > 0).to_env()
+    worker = await spawn(
+        "worker",
+        ["-m", "statecast", "worker"],
+        env,
+        config.workdir / "demo-worker.log",
+        json_lines=False,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    print(f"worker: pid {worker.pid}, log {worker.log_path}")
+    print(f"metrics: {base_url}/metrics   health: {base_url}/readyz")
     try:
-        await worker.wait_ready(90.0)
+        await worker.wait_ready(base_url + "/readyz", 90.0)
         await asyncio.sleep(1.0)  # let the new group resolve its start offsets
         print(
             f"worker ready; replaying {args.sensor_streams:,} sensor streams (fpp2 elecdemand) "
@@ -214,7 +164,7 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
             if not replay.done():
                 replay.cancel()
             await asyncio.gather(replay, return_exceptions=True)
-        _, metrics = await asyncio.to_thread(_get, worker.base_url + "/metrics")
+        _, metrics = await asyncio.to_thread(http_get, base_url + "/metrics")
         m = summary["measurement"]
         result = {
             "events": summary["generator"]["events"],
@@ -226,10 +176,10 @@ async def _demo(args: argparse.Namespace, config: StackConfig) -> dict[str, Any]
             "dead_letters": _dead_letters(metrics),
             "streams": summary["streams"],
             **board.summary(),
-            "metrics_url": f"{worker.base_url}/metrics",
+            "metrics_url": f"{base_url}/metrics",
         }
     finally:
-        code = await asyncio.to_thread(worker.stop)
+        code = await worker.stop(30.0)
         print(f"worker stopped (exit {code})")
     return result
 
@@ -245,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         result = asyncio.run(_demo(args, config))
-    except RuntimeError as exc:
+    except (RuntimeError, ChildError) as exc:
         print(f"demo failed: {exc}")
         return 1
     finally:

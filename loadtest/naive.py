@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,8 +26,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from statecast.contract.spec import ModelSpec
-
-SESSION_TIMEOUT_MS = 6000  # Tansu answers JoinGroup after about half of it
+from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
+from statecast.worker.inference import build_session
 
 
 class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -47,12 +46,7 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class NaiveWorker:
     def __init__(self, onnx_path: Path, redis_url: str, key_prefix: str) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = build_session(onnx_path)
         meta: Any = self._session.get_modelmeta()
         self.spec = ModelSpec.from_metadata(dict(meta.custom_metadata_map))
         self._features = self.spec.features
@@ -109,7 +103,7 @@ async def run_naive(args: argparse.Namespace) -> dict[str, Any]:
         group_id=args.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=SESSION_TIMEOUT_MS,
+        session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
     )
     consumer.subscribe([args.topic], listener=listener)
     producer = AIOKafkaProducer(

@@ -17,7 +17,7 @@ import orjson
 
 from statecast.loadtest.generator import GeneratorConfig
 from statecast.loadtest.replay import ReplaySettings, TopicLoad, run_replay
-from statecast.worker.stack import StackConfig
+from statecast.worker.devstack import StackConfig
 from statecast.worker.stack_cli import DEFAULT_DIR
 
 MAX_STREAMS = 1_000_000

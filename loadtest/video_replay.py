@@ -173,12 +173,9 @@ def step_rate(
     spec: ModelSpec, onnx_path: Path, batch: int, seconds: float = 2.0, threads: int = 1
 ) -> float:
     """Frames/s of the ONNX step alone at ``batch`` streams per run (one thread)."""
-    import onnxruntime as ort
+    from statecast.worker.inference import build_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = build_session(onnx_path, intra_op_threads=threads)
     h, w = int(spec.preprocess["height"]), int(spec.preprocess["width"])
     feeds: dict[str, Any] = {"x": np.random.default_rng(0).uniform(0, 255, (batch, 1, h, w))}
     feeds["x"] = feeds["x"].astype(np.float32)
@@ -196,11 +193,12 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
     """Fresh topics, frames produced first, then one bounded in-process worker over them."""
     from prometheus_client import CollectorRegistry
 
-    from statecast.loadtest.bench_worker import StageClock, instrument, stage_breakdown
     from statecast.loadtest.topics import ensure_topics
+    from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
     from statecast.worker.loop import Worker
     from statecast.worker.routing import Route
-    from statecast.worker.settings import KafkaSettings, RedisOptions, Settings
+    from statecast.worker.settings import KafkaSettings, Settings
+    from statecast.worker.state.redis_conn import RedisSettings
 
     run_id = uuid.uuid4().hex[:8]
     topic, preds, dlq = (f"{s}-{run_id}" for s in ("frames-replay", "predictions-replay", "dlq"))
@@ -212,9 +210,9 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
         kafka=KafkaSettings(
             bootstrap_servers=args.bootstrap,
             group_id=f"video-replay-{run_id}",
-            session_timeout_ms=6000,
+            session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
         ),
-        redis=RedisOptions(url=args.redis_url),
+        redis=RedisSettings(url=args.redis_url),
         routes=(Route(topic, MODEL),),
         manifest_path=args.manifest,
         model_root=args.manifest.parent.parent,
@@ -226,12 +224,10 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
     )
     registry = CollectorRegistry()
     worker = Worker(settings, registry)
-    clock = StageClock()
-    instrument(worker, clock)  # where each frame's time goes: decode, inference, publish...
     stats = await worker.run(max_records=sent, idle_timeout_s=30)
     finished = time.monotonic()
-    inference_s = registry.get_sample_value("statecast_step_seconds_sum", {"model": MODEL}) or 0.0
-    stages = {k: round(v, 3) for k, v in stage_breakdown(clock.seconds, inference_s).items()}
+    # Where each frame's time goes (decode, inference, publish...): the worker's stage timer.
+    stages = {k: round(v, 3) for k, v in worker.stages.wall_s.items()}
     wall = finished - stats.assigned_at if stats.assigned_at is not None else float("nan")
     return {
         "records": stats.records,
@@ -247,7 +243,7 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from statecast.worker.stack import StackConfig
+    from statecast.worker.devstack import StackConfig
     from statecast.worker.stack_cli import DEFAULT_DIR
 
     stack = StackConfig.from_env(DEFAULT_DIR)

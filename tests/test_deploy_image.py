@@ -28,8 +28,8 @@ from typing import TypeVar
 import pytest
 
 from deploy.tools import toolbox
-from statecast.worker.stack import free_port
-from tests.worker_helpers import tiny_forecast_model
+from statecast.worker.devstack import free_port
+from tests.fixtures.tiny_models import tiny_forecast_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.image]
 

@@ -18,7 +18,7 @@ from statecast.loadtest.generator import (
 )
 from statecast.loadtest.latency import SendLog
 from statecast.loadtest.series import sensor_series
-from tests.kafka_helpers import consume_all, create_topic
+from tests.fixtures.kafka import consume_all, create_topic
 
 pytestmark = pytest.mark.integration
 

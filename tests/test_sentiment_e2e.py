@@ -30,10 +30,10 @@ from statecast.models.sentiment import SentimentConfig, SentimentLSTM, Sentiment
 from statecast.models.sentiment_data import TOKENIZER_PATH, load_tokenizer
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
-from statecast.worker.state_codec import StateCodec
-from statecast.worker.state_store import state_key
-from tests.kafka_helpers import consume_all, create_topic, produce
-from tests.worker_helpers import TinyModel, worker_settings
+from statecast.worker.state.codec import StateCodec
+from statecast.worker.state.store import state_key
+from tests.fixtures.kafka import consume_all, create_topic, produce
+from tests.fixtures.tiny_models import TinyModel, worker_settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from statecast.worker.stack import (
+from statecast.worker.devstack import (
     StackConfig,
     StackError,
     find_redis_server,
@@ -21,7 +21,7 @@ from statecast.worker.stack import (
     stack_up,
 )
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
-from tests.kafka_helpers import create_topic, produce
+from tests.fixtures.kafka import create_topic, produce
 
 
 @pytest.mark.integration

@@ -11,14 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from statecast.contract.spec import StateSpec
-from statecast.worker.state_codec import (
+from statecast.worker.state.codec import (
     HEADER_FIXED_SIZE,
     OFFSET_POS,
     PARTITION_POS,
     ReadStatus,
     StateCodec,
     StoredState,
-    zero_state,
 )
 
 pytestmark = pytest.mark.unit
@@ -189,15 +188,6 @@ def test_encode_converts_other_float_dtypes_and_views() -> None:
     assert result.state is not None
     np.testing.assert_array_equal(result.state.tensors["h"], batch[:, 1, :].astype(np.float32))
     np.testing.assert_array_equal(result.state.tensors["c"], batch[:, 4, :].astype(np.float32))
-
-
-def test_zero_state_matches_the_spec() -> None:
-    zeros = zero_state(SPECS)
-    codec = StateCodec(SPECS, VERSION)
-    result = codec.decode(codec.encode(StoredState(zeros, 0, -1, 0)))
-    assert result.status is ReadStatus.OK
-    assert result.state is not None
-    assert all(not t.any() for t in result.state.tensors.values())
 
 
 def test_codec_refuses_bad_specs() -> None:

@@ -15,9 +15,9 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from statecast.contract.spec import StateSpec
-from statecast.worker.redis_conn import RedisSettings, connect_redis
-from statecast.worker.stack import find_redis_server, free_port
-from statecast.worker.state_store import ReadStatus, StateStore, StoredState
+from statecast.worker.devstack import find_redis_server, free_port
+from statecast.worker.state.redis_conn import RedisSettings, connect_redis, mask_url
+from statecast.worker.state.store import ReadStatus, StateStore, StoredState
 
 PASSWORD = "s3cret-for-tests"
 
@@ -151,13 +151,13 @@ async def test_unreachable_redis_raises_connection_error() -> None:
 @pytest.mark.unit
 def test_secrets_are_masked() -> None:
     s = RedisSettings(url="redis://user:hunter2@cache:6380/0", password="pw-in-field")
-    assert "hunter2" not in s.redacted_url()
-    assert s.redacted_url() == "redis://user:***@cache:6380/0"
+    assert "hunter2" not in mask_url(s.url)
+    assert mask_url(s.url) == "redis://user:***@cache:6380/0"
     assert "hunter2" not in s.describe()
     assert "pw-in-field" not in s.describe()
     assert "pw-in-field" not in repr(s)
     assert "auth=yes" in s.describe()
     plain = RedisSettings(url="redis://cache:6380/0")
-    assert plain.redacted_url() == plain.url
+    assert mask_url(plain.url) == plain.url
     assert "auth=no" in plain.describe()
     assert "tls=True" in RedisSettings(url="rediss://cache:6380/0").describe()

@@ -30,8 +30,8 @@ from statecast.worker.codecs.base import Decoded, RawRecord
 from statecast.worker.codecs.frames import FrameCodec
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
-from tests.kafka_helpers import consume_all, create_topic, produce
-from tests.worker_helpers import TinyModel, worker_settings
+from tests.fixtures.kafka import consume_all, create_topic, produce
+from tests.fixtures.tiny_models import TinyModel, worker_settings
 
 pytestmark = pytest.mark.integration
 

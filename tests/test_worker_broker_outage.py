@@ -14,21 +14,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from statecast.worker.backoff import DependencyTimeout
+from statecast.worker.devstack import Service, free_port
 from statecast.worker.loop import Worker
-from statecast.worker.stack import Service, free_port
-from tests.kafka_helpers import produce
-from tests.test_worker_e2e import (
-    interleaved,
-    lstm,
-    make_series,
-    settings_for,
-    setup_topics,
-    stored_state,
-)
-from tests.worker_helpers import TinyModel
+from tests.fixtures.e2e import settings_for, setup_topics, stored_state
+from tests.fixtures.kafka import produce
+from tests.fixtures.streams import interleave, make_series
+from tests.fixtures.tiny_models import TinyModel
 
 pytestmark = pytest.mark.integration
-__all__ = ["lstm"]  # the module-scoped model fixture of test_worker_e2e
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ async def test_worker_gives_up_when_the_broker_goes_away(
     bootstrap = f"{private_kafka.host}:{private_kafka.port}"
     topics = await setup_topics(bootstrap, unique, partitions=2)
     series = make_series(n_streams=6, n_events=20, seed=5)
-    records = interleaved(series, seed=6)
+    records = interleave(series, seed=6)
     await produce(bootstrap, topics[0], records)
     settings = replace(
         settings_for(lstm, bootstrap, redis_url, unique, topics), dependency_timeout_s=4.0

@@ -30,24 +30,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
 from statecast.worker.loop import Worker
-from statecast.worker.redis_conn import RedisSettings, connect_redis
 from statecast.worker.routing import Route
-from statecast.worker.state_store import ReadStatus, StateStore, state_key
-from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
-from tests.kafka_helpers import create_topic, produce
-from tests.worker_helpers import (
+from statecast.worker.state.redis_conn import RedisSettings, connect_redis
+from statecast.worker.state.store import StateStore, state_key
+from tests.fixtures.delivery import check_outcome
+from tests.fixtures.kafka import create_topic, produce
+from tests.fixtures.streams import interleave, make_series
+from tests.fixtures.tiny_models import (
     TinyModel,
-    event,
-    offline_predictions,
     tiny_forecast_model,
     worker_settings,
 )
@@ -55,9 +52,8 @@ from tests.worker_helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ("demand", "temperature", "workday")
 ASSIGNED_MARK = "assigned [("
-CRASH_SESSION_TIMEOUT_MS = min(3000, CONSUMER_SESSION_TIMEOUT_MS)
+CRASH_SESSION_TIMEOUT_MS = min(3000, TANSU_SESSION_TIMEOUT_MS)
 
 # -- running the worker as a child process ------------------------------------------------
 
@@ -140,131 +136,9 @@ async def run_worker(
 # -- data and reading back ----------------------------------------------------------------
 
 
-def make_series(n_streams: int, n_events: int, seed: int) -> dict[str, list[list[float]]]:
-    rng = random.Random(seed)
-    return {
-        f"meter-{i:03d}": [
-            [rng.uniform(20, 40), rng.uniform(-5, 35), float(rng.randint(0, 1))]
-            for _ in range(n_events)
-        ]
-        for i in range(n_streams)
-    }
-
-
-def interleave(series: Mapping[str, list[list[float]]], seed: int) -> list[tuple[bytes, bytes]]:
-    rng = random.Random(seed)
-    cursors = dict.fromkeys(series, 0)
-    out: list[tuple[bytes, bytes]] = []
-    while cursors:
-        s = rng.choice(sorted(cursors))
-        i = cursors[s]
-        values = dict(zip(FEATURES, series[s][i], strict=True))
-        out.append((s.encode(), event(s, 1_700_000_000_000 + i * 1000, values)))
-        cursors[s] = i + 1
-        if cursors[s] == len(series[s]):
-            del cursors[s]
-    return out
-
-
-async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its end offsets now (no group, no commit)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # loads the cluster metadata
-        parts = consumer.partitions_for_topic(topic) or set()
-        assert parts, f"topic {topic} has no partitions"
-
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
-                out.extend(recs)
-        return out
-    finally:
-        await consumer.stop()
-
-
 @pytest.fixture(scope="module")
 def lstm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return tiny_forecast_model(tmp_path_factory.mktemp("crash-model"), seed=7)
-
-
-async def check_outcome(
-    *,
-    bootstrap: str,
-    redis_url: str,
-    model: TinyModel,
-    series: Mapping[str, list[list[float]]],
-    topic: str,
-    predictions_topic: str,
-    prefix: str,
-    redis_cluster: bool = False,
-) -> int:
-    """Assert the delivery guarantees; returns the number of duplicate predictions."""
-    inputs = await read_to_end(bootstrap, topic)
-    assert len(inputs) == sum(len(v) for v in series.values())
-    # Each stream lives on one partition; its records in offset order are its series.
-    per_stream: dict[str, list[Any]] = {}
-    for r in sorted(inputs, key=lambda r: (r.partition, r.offset)):
-        per_stream.setdefault(r.key.decode(), []).append(r)
-    want_pred: dict[str, float] = {}
-    want_state: dict[str, tuple[dict[str, np.ndarray[Any, Any]], int, int]] = {}
-    for stream, rows in series.items():
-        preds, final = offline_predictions(model.onnx_path, model.spec, rows)
-        recs = per_stream[stream]
-        assert len(recs) == len(rows)
-        for rec, p in zip(recs, preds, strict=True):
-            want_pred[f"{topic}/{rec.partition}/{rec.offset}"] = p
-        want_state[stream] = (final, recs[-1].partition, recs[-1].offset)
-
-    out = await read_to_end(bootstrap, predictions_topic)
-    seen: dict[str, dict[str, Any]] = {}
-    duplicates = 0
-    for r in out:
-        p = orjson.loads(r.value)
-        pid = p["id"]
-        assert pid in want_pred, f"prediction for an offset never produced: {pid}"
-        body = {k: v for k, v in p.items() if k != "latency_ms"}
-        if pid in seen:
-            duplicates += 1
-            assert body["stream"] == seen[pid]["stream"]
-            assert body["ts"] == seen[pid]["ts"]
-            np.testing.assert_allclose(
-                body["prediction"]["demand_next"], seen[pid]["prediction"]["demand_next"], atol=1e-5
-            )
-        else:
-            seen[pid] = body
-    missing = sorted(set(want_pred) - set(seen))
-    assert not missing, f"{len(missing)} input offsets without a prediction, e.g. {missing[:5]}"
-    got = np.array([seen[i]["prediction"]["demand_next"] for i in want_pred])
-    np.testing.assert_allclose(got, np.array(list(want_pred.values())), atol=1e-4)
-
-    client = await connect_redis(RedisSettings(url=redis_url, cluster=redis_cluster))
-    try:
-        store = StateStore(client, 60, model.spec.states, model.spec.state_version)
-        keys = [state_key(prefix, model.spec.name, model.spec.state_version, s) for s in series]
-        results = await store.read_many(keys)
-    finally:
-        await client.aclose()
-    for stream, res in zip(series, results, strict=True):
-        assert res.status is ReadStatus.OK, (stream, res.status, res.detail)
-        assert res.state is not None
-        final, partition, offset = want_state[stream]
-        assert (res.state.partition, res.state.offset) == (partition, offset), stream
-        for name, arr in final.items():
-            np.testing.assert_allclose(res.state.tensors[name], arr, atol=1e-4, err_msg=stream)
-    return duplicates
 
 
 async def test_kill_9_at_many_points_then_restart(
@@ -379,27 +253,24 @@ async def _kill_and_restart(
     slices: list[list[tuple[bytes, bytes]]],
 ) -> list[WorkerRun]:
     prefix = unique("crash")
-    env = worker_env(
-        {
-            "STATECAST_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "STATECAST_GROUP_ID": unique("group"),
-            # Shorter than the suite's 6 s: a SIGKILLed member stays in the group until its
-            # session expires, and every restart here waits for that.
-            "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(CRASH_SESSION_TIMEOUT_MS),
-            "STATECAST_REDIS_URL": redis_url,
-            "STATECAST_ROUTES": f"{topic}={lstm.spec.name}",
-            "STATECAST_MANIFEST": str(lstm.manifest),
-            "STATECAST_MODEL_ROOT": str(lstm.root),
-            "STATECAST_PREDICTIONS_TOPIC": preds,
-            "STATECAST_DLQ_TOPIC": dlq,
-            "STATECAST_STATE_PREFIX": prefix,
-            "STATECAST_HTTP_PORT": "0",
-            # Small batches: many batches, so every kill lands mid-stream.
-            "STATECAST_MAX_BATCH": "16",
-            "STATECAST_RETRY_INITIAL_S": "0.05",
-            "STATECAST_RETRY_MAX_S": "0.5",
-        }
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=lstm,
+        routes=[Route(topic, lstm.spec.name)],
+        predictions=preds,
+        dlq=dlq,
+        group=unique("group"),
+        prefix=prefix,
+        # Small batches: many batches, so every kill lands mid-stream.
+        max_batch_records=16,
     )
+    # Shorter than the suite's 6 s: a SIGKILLed member stays in the group until its
+    # session expires, and every restart here waits for that.
+    settings = replace(
+        settings, kafka=replace(settings.kafka, session_timeout_ms=CRASH_SESSION_TIMEOUT_MS)
+    )
+    env = worker_env(settings.to_env())
     # Fresh kill moments every run; the seed is in every failure message to replay one.
     seed = random.SystemRandom().randrange(1 << 32)
     rng = random.Random(seed)

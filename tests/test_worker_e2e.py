@@ -7,125 +7,21 @@ order, batching in waves, state carried through the cache and Redis, and the off
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from statecast.worker.loop import Worker
-from statecast.worker.routing import Route
-from statecast.worker.settings import Settings
-from statecast.worker.state_codec import StateCodec
-from statecast.worker.state_store import state_key
-from tests.kafka_helpers import consume_all, create_topic, produce
-from tests.worker_helpers import (
-    TinyModel,
-    event,
-    offline_predictions,
-    tiny_forecast_model,
-    worker_settings,
-)
+from tests.fixtures.e2e import by_stream, settings_for, setup_topics, stored_state
+from tests.fixtures.kafka import consume_all, produce
+from tests.fixtures.streams import interleave, make_series
+from tests.fixtures.tiny_models import TinyModel, offline_predictions
 
 pytestmark = pytest.mark.integration
-
-Series = dict[str, list[list[float]]]
-
-
-@pytest.fixture(scope="module")
-def lstm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return tiny_forecast_model(tmp_path_factory.mktemp("tiny"))
-
-
-def make_series(n_streams: int, n_events: int, seed: int) -> Series:
-    rng = random.Random(seed)
-    return {
-        f"meter-{i:03d}": [
-            [rng.uniform(20, 40), rng.uniform(-5, 35), float(rng.randint(0, 1))]
-            for _ in range(n_events)
-        ]
-        for i in range(n_streams)
-    }
-
-
-def interleaved(series: Series, seed: int) -> list[tuple[bytes, bytes]]:
-    """Every stream's events in order, streams shuffled together at random."""
-    rng = random.Random(seed)
-    cursors = {s: 0 for s in series}
-    out: list[tuple[bytes, bytes]] = []
-    while cursors:
-        s = rng.choice(sorted(cursors))
-        i = cursors[s]
-        row = series[s][i]
-        out.append(
-            (s.encode(), event(s, 1_700_000_000_000 + i, dict(zip(FEATS, row, strict=True))))
-        )
-        cursors[s] = i + 1
-        if cursors[s] == len(series[s]):
-            del cursors[s]
-    return out
-
-
-FEATS = ("demand", "temperature", "workday")
-
-
-async def stored_state(
-    redis_url: str, model: TinyModel, prefix: str, stream: str
-) -> tuple[dict[str, Any], int] | None:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        raw = await client.get(state_key(prefix, model.spec.name, model.spec.state_version, stream))
-    finally:
-        await client.aclose()
-    assert raw is None or isinstance(raw, bytes)
-    res = StateCodec(model.spec.states, model.spec.state_version).decode(raw)
-    if res.state is None:
-        return None
-    return res.state.tensors, res.state.offset
-
-
-def by_stream(records: list[Any]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        p = orjson.loads(r.value)
-        out.setdefault(p["stream"], []).append(p)
-    return out
-
-
-async def setup_topics(
-    bootstrap: str, unique: Callable[[str], str], partitions: int = 4
-) -> tuple[str, str, str]:
-    topic, preds, dlq = unique("sensor"), unique("predictions"), unique("dlq")
-    for t in (topic, preds, dlq):
-        await create_topic(bootstrap, t, partitions=partitions)
-    return topic, preds, dlq
-
-
-def settings_for(
-    lstm: TinyModel,
-    kafka_bootstrap: str,
-    redis_url: str,
-    unique: Callable[[str], str],
-    topics: tuple[str, str, str],
-    **overrides: Any,
-) -> Settings:
-    topic, preds, dlq = topics
-    return worker_settings(
-        bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        model=lstm,
-        routes=[Route(topic, lstm.spec.name)],
-        predictions=preds,
-        dlq=dlq,
-        group=unique("group"),
-        prefix=unique("state"),
-        **overrides,
-    )
 
 
 async def test_interleaved_streams_match_offline_run_and_replays_never_advance_state(
@@ -134,7 +30,7 @@ async def test_interleaved_streams_match_offline_run_and_replays_never_advance_s
     series = make_series(n_streams=40, n_events=25, seed=1)
     total = sum(len(v) for v in series.values())
     topics = await setup_topics(kafka_bootstrap, unique)
-    await produce(kafka_bootstrap, topics[0], interleaved(series, seed=2))
+    await produce(kafka_bootstrap, topics[0], interleave(series, seed=2))
     # Small batches: many batches, several waves each, states carried through the cache.
     settings = settings_for(lstm, kafka_bootstrap, redis_url, unique, topics, max_batch_records=97)
     registry = CollectorRegistry()

@@ -13,25 +13,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from statecast.worker.backoff import DependencyTimeout
+from statecast.worker.devstack import Service, free_port
 from statecast.worker.health import HealthServer
 from statecast.worker.loop import Worker
-from statecast.worker.settings import RedisOptions
-from statecast.worker.stack import Service, free_port
-from tests.kafka_helpers import consume_all, produce
-from tests.test_worker_e2e import (
-    FEATS,
-    by_stream,
-    interleaved,
-    lstm,
-    make_series,
-    settings_for,
-    setup_topics,
-    stored_state,
-)
-from tests.worker_helpers import TinyModel, event, offline_predictions
+from statecast.worker.state.redis_conn import RedisSettings
+from tests.fixtures.e2e import by_stream, settings_for, setup_topics, stored_state
+from tests.fixtures.kafka import consume_all, produce
+from tests.fixtures.streams import FEATURES, interleave, make_series
+from tests.fixtures.tiny_models import TinyModel, event, offline_predictions
 
 pytestmark = pytest.mark.integration
-__all__ = ["lstm"]  # the module-scoped model fixture, shared with test_worker_e2e
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
@@ -46,7 +37,7 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def good(stream: str, ts: int, row: list[float]) -> tuple[bytes, bytes]:
-    return stream.encode(), event(stream, ts, dict(zip(FEATS, row, strict=True)))
+    return stream.encode(), event(stream, ts, dict(zip(FEATURES, row, strict=True)))
 
 
 BAD: list[tuple[str, bytes]] = [
@@ -161,7 +152,7 @@ async def test_redis_restart_mid_stream_loses_nothing_and_logs_once_per_change(
     worker = Worker(settings, registry)
     caplog.set_level(logging.WARNING, logger="statecast.worker.backoff")
     run = asyncio.create_task(worker.run(max_records=total, idle_timeout_s=60))
-    await produce(kafka_bootstrap, topics[0], interleaved(first, seed=4))
+    await produce(kafka_bootstrap, topics[0], interleave(first, seed=4))
     for _ in range(1200):
         if worker.stats.predictions >= total // 2:
             break
@@ -169,7 +160,7 @@ async def test_redis_restart_mid_stream_loses_nothing_and_logs_once_per_change(
     assert worker.stats.predictions == total // 2
 
     private_redis.kill()  # Redis loses everything: it runs without persistence
-    later = interleaved(second, seed=5)
+    later = interleave(second, seed=5)
     await produce(kafka_bootstrap, topics[0], later)
     for _ in range(600):
         if registry.get_sample_value("statecast_dependency_up", {"dependency": "redis"}) == 0:
@@ -210,7 +201,7 @@ async def test_worker_gives_up_when_redis_stays_down(
     settings = settings_for(lstm, kafka_bootstrap, "redis://127.0.0.1:1/0", unique, topics)
     settings = replace(
         settings,
-        redis=RedisOptions(url=f"redis://127.0.0.1:{free_port()}/0"),
+        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
         dependency_timeout_s=1.0,
     )
     with pytest.raises(DependencyTimeout, match="redis"):

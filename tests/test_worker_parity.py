@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
 from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
 from statecast.contract.spec import ModelSpec
+from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
+from statecast.worker.inference import build_session
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
-from statecast.worker.settings import KafkaSettings, RedisOptions, Settings
-from tests.kafka_helpers import consume_all, create_topic, produce
+from statecast.worker.settings import KafkaSettings, Settings
+from statecast.worker.state.redis_conn import RedisSettings
+from tests.fixtures.kafka import consume_all, create_topic, produce
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +37,13 @@ def shipped(name: str) -> tuple[Path, ModelSpec]:
     if entry is None:
         pytest.skip(f"{name} is not in the manifest yet")
     path = entry.onnx_path()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = build_session(path)
     return path, ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
 
 
 def offline(path: Path, spec: ModelSpec, rows: np.ndarray[Any, Any]) -> list[list[float]]:
     """The exported step over one stream at batch 1, carrying state: flattened outputs."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = build_session(path)
     states = {s.name: np.zeros((s.layers, 1, s.hidden), np.float32) for s in spec.states}
     out_name = spec.outputs[0].name
     names = [out_name, *(s.output_name for s in spec.states)]
@@ -109,9 +111,11 @@ async def test_replayed_real_series_match_the_exported_models_offline(
 
     settings = Settings(
         kafka=KafkaSettings(
-            bootstrap_servers=kafka_bootstrap, group_id=unique("g"), session_timeout_ms=6000
+            bootstrap_servers=kafka_bootstrap,
+            group_id=unique("g"),
+            session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
         ),
-        redis=RedisOptions(url=redis_url),
+        redis=RedisSettings(url=redis_url),
         routes=(
             Route(topic_of["sensor"], "sensor_lstm"),
             Route(topic_of["prices"], "price_gru"),

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from statecast.contract.manifest import load_manifest, save_manifest
-from statecast.worker.models import ModelLoadError, load_models
+from statecast.worker.devstack import free_port
 from statecast.worker.routing import Route
+from statecast.worker.served import ModelLoadError, load_models
 from statecast.worker.settings import Settings
-from statecast.worker.stack import free_port
-from tests.kafka_helpers import create_topic
-from tests.worker_helpers import TinyModel, tiny_forecast_model
+from tests.fixtures.kafka import create_topic
+from tests.fixtures.tiny_models import TinyModel, tiny_forecast_model, worker_settings
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +72,20 @@ async def test_sigterm_drains_and_exits_zero(
     for t in (topic, preds, dlq):
         await create_topic(kafka_bootstrap, t, partitions=2)
     port = free_port()
-    env = {
-        **os.environ,
-        "STATECAST_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STATECAST_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "STATECAST_GROUP_ID": unique("group"),
-        "STATECAST_REDIS_URL": redis_url,
-        "STATECAST_ROUTES": f"{topic}={model.spec.name}",
-        "STATECAST_MANIFEST": str(model.manifest),
-        "STATECAST_PREDICTIONS_TOPIC": preds,
-        "STATECAST_DLQ_TOPIC": dlq,
-        "STATECAST_HTTP_HOST": "127.0.0.1",
-        "STATECAST_HTTP_PORT": str(port),
-        "STATECAST_DRAIN_TIMEOUT_S": "15",
-    }
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=model,
+        routes=[Route(topic, model.spec.name)],
+        predictions=preds,
+        dlq=dlq,
+        group=unique("group"),
+        prefix=unique("state"),
+        http_host="127.0.0.1",
+        http_port=port,
+        drain_timeout_s=15.0,
+    )
+    env = dict(os.environ) | settings.to_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -24,10 +24,11 @@ from prometheus_client import CollectorRegistry
 
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
-from tests.kafka_helpers import create_topic
-from tests.redis_cluster import RedisClusterHandle, redis_cluster
-from tests.test_worker_crash import check_outcome, interleave, make_series
-from tests.worker_helpers import TinyModel, tiny_forecast_model, worker_settings
+from tests.fixtures.delivery import check_outcome
+from tests.fixtures.kafka import create_topic
+from tests.fixtures.redis_cluster import RedisClusterHandle, redis_cluster
+from tests.fixtures.streams import interleave, make_series
+from tests.fixtures.tiny_models import TinyModel, tiny_forecast_model, worker_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

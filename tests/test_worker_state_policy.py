@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
-from statecast.worker.state_codec import StateCodec, StoredState
-from statecast.worker.state_store import state_key
-from tests.kafka_helpers import consume_all, create_topic, produce
-from tests.worker_helpers import TinyModel, event, offline_predictions, tiny_forecast_model
-from tests.worker_helpers import worker_settings as make_settings
+from statecast.worker.state.codec import StateCodec, StoredState
+from statecast.worker.state.store import state_key
+from tests.fixtures.kafka import consume_all, create_topic, produce
+from tests.fixtures.tiny_models import TinyModel, event, offline_predictions, tiny_forecast_model
+from tests.fixtures.tiny_models import worker_settings as make_settings
 
 pytestmark = pytest.mark.integration
 

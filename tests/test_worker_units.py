@@ -15,8 +15,10 @@ from statecast.worker.batching import StreamWork, group_by_stream, run_waves
 from statecast.worker.codecs.base import Array, Decoded, RawRecord, Rejected, StepInputs
 from statecast.worker.codecs.forecast import ForecastCodec
 from statecast.worker.routing import parse_routes
-from statecast.worker.settings import Settings, SettingsError, mask_url
-from statecast.worker.state_cache import CachedState, StateCache
+from statecast.worker.settings import Settings, SettingsError
+from statecast.worker.state.cache import StateCache
+from statecast.worker.state.codec import StoredState
+from statecast.worker.state.redis_conn import mask_url
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +38,15 @@ def forecast_spec(fields: tuple[str, ...] = (), width: int = 1) -> ModelSpec:
 
 
 def raw(value: bytes | None, offset: int = 0, partition: int = 0) -> RawRecord:
-    return RawRecord("sensor", partition, offset, 0, b"k", value)
+    """A record keyed by the stream its body names (producers key by stream)."""
+    key = b"k"
+    try:
+        body = orjson.loads(value or b"")
+        if isinstance(body, dict) and isinstance(body.get("stream"), str):
+            key = body["stream"].encode()
+    except orjson.JSONDecodeError:
+        pass
+    return RawRecord("sensor", partition, offset, 0, key, value)
 
 
 def ev(**over: Any) -> bytes:
@@ -112,6 +122,29 @@ def test_settings_from_env_parse_types_and_mask_secrets() -> None:
 def test_settings_name_the_bad_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_settings_to_env_reads_back_to_the_same_settings() -> None:
+    env = {
+        "STATECAST_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+        "STATECAST_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "STATECAST_KAFKA_SASL_MECHANISM": "PLAIN",
+        "STATECAST_KAFKA_SASL_PASSWORD": "pw",
+        "STATECAST_REDIS_URL": "rediss://u:secret@r:6380/1",
+        "STATECAST_REDIS_CLUSTER": "yes",
+        "STATECAST_ROUTES": "a=m1;b=m2?mode=conversation&on_state_mismatch=dead_letter",
+        "STATECAST_MAX_BATCH": "17",
+        "STATECAST_DEPENDENCY_TIMEOUT_S": "2.5",
+        "STATECAST_TEST_CRASH_AT": "after_commit:3",
+    }
+    settings = Settings.from_env(env)
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()
+    # What was given is what comes out, spelled as from_env reads it.
+    out = settings.to_env()
+    assert out["STATECAST_REDIS_CLUSTER"] == "1"
+    assert out["STATECAST_ROUTES"] == env["STATECAST_ROUTES"]
+    assert "STATECAST_KAFKA_SSL_CAFILE" not in out  # unset optional values are left out
 
 
 def test_mask_url_leaves_urls_without_password_alone() -> None:
@@ -275,9 +308,9 @@ def test_no_streams_no_runs() -> None:
 def test_cache_drops_revoked_partitions_and_expires_like_redis() -> None:
     cache = StateCache(ttl_ms=1000)
     st = {"h": np.zeros((1, 2), np.float32)}
-    cache.put("a", CachedState(st, 0, 5, 10_000))
-    cache.put("b", CachedState(st, 1, 5, 10_000))
-    cache.put("a", CachedState(st, 2, 6, 10_000))  # the stream moved partition
+    cache.put("a", StoredState(st, 0, 5, 10_000))
+    cache.put("b", StoredState(st, 1, 5, 10_000))
+    cache.put("a", StoredState(st, 2, 6, 10_000))  # the stream moved partition
     assert cache.drop_partitions({0}) == 0
     assert cache.drop_partitions({2}) == 1
     assert cache.get("a") is None

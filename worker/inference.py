@@ -1,5 +1,9 @@
 """ONNX Runtime sessions for step models: provider choice, thread counts, one run per wave.
 
+:func:`build_session` is the one place that creates an ``ort.InferenceSession``: the
+worker, the export parity checks, the load tools and the tests all call it, so they run the
+same graph optimisations and thread settings.
+
 The worker calls :meth:`StepSession.run` from its inference thread (never on the event
 loop). On CUDA the inputs and outputs go through an I/O binding so the states stay
 contiguous host arrays that are copied once per wave; on CPU a plain ``run`` does the same.
@@ -38,20 +42,35 @@ def choose_providers(device: str) -> list[str]:
     return [CPU]
 
 
+def build_session(
+    path: Path | str | bytes,
+    device: str = "cpu",
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session for a step model (a path or the serialized model bytes).
+
+    One thread each by default: a worker process owns one core, and a step is a small
+    graph that extra threads only slow down (synchronisation costs more than the work).
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = path if isinstance(path, bytes) else str(path)
+    try:
+        return ort.InferenceSession(source, options, providers=choose_providers(device))
+    except Exception as exc:  # onnxruntime raises its own untyped exception classes
+        name = "<bytes>" if isinstance(path, bytes) else str(path)
+        raise InferenceError(f"cannot load {name}: {exc}") from exc
+
+
 class StepSession:
     """One ONNX step graph loaded for serving."""
 
     def __init__(self, path: Path, device: str, intra_op_threads: int, inter_op_threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = choose_providers(device)
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped exception classes
-            raise InferenceError(f"cannot load {path}: {exc}") from exc
+        self._session = build_session(path, device, intra_op_threads, inter_op_threads)
         self.providers: list[str] = list(self._session.get_providers())
         self.on_gpu = CUDA in self.providers
         self.input_names = tuple(i.name for i in self._session.get_inputs())

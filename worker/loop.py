@@ -1,22 +1,23 @@
-"""The worker loop: consume -> decode -> route -> state read -> waves -> publish -> state write
--> commit, one bounded batch at a time.
+"""The worker loop: one bounded batch at a time through the six steps of a poll (DESIGN.md,
+"Data flow for one poll"):
 
-Delivery order for every batch (DESIGN.md, "Delivery"):
+1. poll a bounded batch;
+2. decode and validate every record, route it to its model, group by stream;
+3. (routing and grouping happen with the decode, per topic);
+4. resolve the starting states (cache, else one Redis read) and drop replays (offset fence);
+5. run the waves and encode the predictions;
+6. deliver: publish predictions and dead letters and await every ack, write the new states
+   (each with its last applied partition/offset, one fenced call per model), commit.
 
-1. publish the predictions and dead letters and wait for every ack;
-2. write the new states, each with its last applied partition/offset, in one fenced call
-   per model (the offset and the state are one value, so they change together);
-3. commit the input offsets.
+A crash after publishing re-runs the batch on restart: its predictions are published again
+with the same ids (at-least-once). A crash after the state write redelivers records whose
+offset is at or below their stream's stored offset: the fence skips them, the state does
+not advance again and nothing is republished. So state is exactly-once and predictions are
+at-least-once with deterministic ids.
 
-A crash after (1) re-runs the batch on restart: its predictions are published again with
-the same ids (at-least-once). A crash after (2) redelivers records whose offset is at or
-below their stream's stored offset: the fence skips them, the state does not advance again
-and nothing is republished (their predictions were acked before the state was written).
-So state is exactly-once and predictions are at-least-once with deterministic ids.
-
-Each stage that talks to a dependency is retried on its own with backoff: a Redis outage
+Each step that talks to a dependency is retried on its own with backoff: a Redis outage
 during the state write does not republish, and no offset is committed before the batch is
-done. CPU work (decode, ONNX waves, prediction encoding) runs in one dedicated thread so the
+done. CPU work (decode, waves, prediction encoding) runs in one dedicated thread so the
 event loop keeps aiokafka's heartbeats going.
 """
 
@@ -33,23 +34,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from statecast.worker.backoff import DependencyWatch, Retrier
 from statecast.worker.batching import StreamWork, WaveOutcome, group_by_stream, run_waves
-from statecast.worker.broker_probe import broker_reachable
 from statecast.worker.codecs.base import REASON_NO_ROUTE, Array, Decoded, RawRecord, Rejected
-from statecast.worker.dlq import REASON_STATE_MISMATCH, DeadLetter, dead_letter_message
-from statecast.worker.metrics import WorkerMetrics, observe_many
-from statecast.worker.models import ServedModel, load_models
+from statecast.worker.consumer import (
+    LagTracker,
+    RebalanceListener,
+    broker_reachable,
+    build_consumer,
+    commit,
+)
+from statecast.worker.messages import DeadLetter, dead_letter_message, prediction_messages
+from statecast.worker.metrics import StageTimer, WorkerMetrics, observe_many
 from statecast.worker.publisher import OutMessage, Publisher, build_producer
-from statecast.worker.redis_conn import RedisClient, RedisSettings, connect_redis
+from statecast.worker.served import ServedModel, load_models
 from statecast.worker.settings import Settings
-from statecast.worker.state_cache import CachedState, StateCache
-from statecast.worker.state_store import ReadStatus, StateStore, StoredState, state_key
+from statecast.worker.state.cache import StateCache
+from statecast.worker.state.redis_conn import RedisClient, connect_redis
+from statecast.worker.state.store import StateStore
+from statecast.worker.state.streams import StreamStates
 
 log = logging.getLogger(__name__)
 
@@ -63,68 +70,52 @@ class RunStats:
     batches: int = 0
     assigned_at: float | None = None  # monotonic time of the first assignment
     busy_s: float = 0.0  # time spent processing batches
+    last_batch_wall: float | None = None  # wall clock at the end of the last batch
 
 
 class _TimedSession:
     """The model's session with every wave's duration recorded (called in the thread)."""
 
-    def __init__(self, served: ServedModel, metrics: WorkerMetrics) -> None:
+    def __init__(self, served: ServedModel, metrics: WorkerMetrics, timer: StageTimer) -> None:
         self._session = served.session
         self._hist = metrics.step_seconds.labels(served.name)
+        self._timer = timer
 
     def run(self, feeds: Any) -> dict[str, Array]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = self._session.run(feeds)
-        self._hist.observe(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        self._hist.observe(dt)
+        self._timer.add("inference", dt, time.thread_time() - c0)
         return out
 
 
 @dataclass
-class _Runtime:
-    """One routed model with its state store and cache."""
+class _Route:
+    """One routed model with its stream states."""
 
     served: ServedModel
-    store: StateStore
-    cache: StateCache
+    states: StreamStates
     session: _TimedSession
-    prefix: str
 
-    def key(self, stream: str) -> str:
-        spec = self.served.spec
-        return state_key(self.prefix, spec.name, spec.state_version, stream)
+
+@dataclass
+class _Polled:
+    """Step 1's output: the records of one poll by routed topic, plus what to commit."""
+
+    raws: dict[str, list[RawRecord]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 @dataclass
 class _Plan:
-    rt: _Runtime
-    works: list[StreamWork] = field(default_factory=list)
+    """One model's part of a batch, from grouped streams to encoded predictions."""
+
+    route: _Route
+    works: list[StreamWork]
     outcome: WaveOutcome | None = None
     messages: list[OutMessage] = field(default_factory=list)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_assigned(assigned)
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    r = settings.redis
-    return RedisSettings(
-        url=r.url,
-        cluster=r.cluster,
-        username=r.username,
-        password=r.password,
-        tls=r.tls,
-        tls_ca_file=r.tls_ca_file,
-        tls_cert_file=r.tls_cert_file,
-        tls_key_file=r.tls_key_file,
-    )
 
 
 class Worker:
@@ -138,26 +129,25 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        self.stages = StageTimer(self.metrics)
         self._models = list(models) if models is not None else None
-        self._runtimes: list[_Runtime] = []
-        self._by_topic: dict[str, _Runtime] = {}
+        self._routes: dict[str, _Route] = {}
         self._retrier = Retrier(self.metrics, settings.retry_initial_s, settings.retry_max_s)
         self.kafka = DependencyWatch("kafka", self.metrics, settings.dependency_timeout_s)
         self.redis = DependencyWatch("redis", self.metrics, settings.dependency_timeout_s)
         self._consumer: AIOKafkaConsumer | None = None
+        self._lag = LagTracker(self.metrics)
         self._batch_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
         self._crash_hits = 0
-        self._lag_labels: set[tuple[str, str]] = set()
-        self._next_offsets: dict[TopicPartition, int] = {}
         self.stats = RunStats()
 
     # -- status -------------------------------------------------------------------------
 
     @property
     def models_loaded(self) -> bool:
-        return bool(self._runtimes)
+        return bool(self._routes)
 
     def readiness(self) -> tuple[bool, str]:
         checks = {
@@ -192,19 +182,22 @@ class Worker:
                 served = await loop.run_in_executor(executor, load_models, s)
             self.metrics.preinitialise([m.route.topic for m in served], [m.name for m in served])
             redis_client = await self._retrier.call(
-                self.redis, "redis_connect", lambda: connect_redis(redis_settings(s))
+                self.redis, "redis_connect", lambda: connect_redis(s.redis)
             )
-            self._build_runtimes(served, redis_client)
+            self._build_routes(served, redis_client)
             await self._retrier.call(self.kafka, "kafka_connect", producer.start)
             publisher = Publisher(producer)
-            consumer = self._build_consumer()
+            consumer = build_consumer(s.kafka)
             await self._retrier.call(self.kafka, "kafka_connect", consumer.start)
             self._consumer = consumer
-            consumer.subscribe(topics=sorted(self._by_topic), listener=_Listener(self))
+            consumer.subscribe(
+                topics=sorted(self._routes),
+                listener=RebalanceListener(self.on_assigned, self.on_revoked),
+            )
             log.info(
                 "worker started: %d route(s) %s, group %s",
-                len(self._runtimes),
-                ", ".join(f"{t}->{rt.served.spec.ref}" for t, rt in self._by_topic.items()),
+                len(self._routes),
+                ", ".join(f"{t}->{r.served.spec.ref}" for t, r in self._routes.items()),
                 s.kafka.group_id,
             )
             await self._serve(consumer, publisher, executor, max_records, idle_timeout_s)
@@ -219,35 +212,24 @@ class Worker:
             executor.shutdown(wait=True)
         return self.stats
 
-    def _build_consumer(self) -> AIOKafkaConsumer:
-        k = self.settings.kafka
-        return AIOKafkaConsumer(
-            **k.client_kwargs(),
-            group_id=k.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=k.auto_offset_reset,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
-            fetch_max_wait_ms=k.fetch_max_wait_ms,
-            max_partition_fetch_bytes=4 << 20,
-            fetch_max_bytes=32 << 20,
-        )
-
-    def _build_runtimes(self, served: Sequence[ServedModel], client: RedisClient) -> None:
-        ttl_ms = self.settings.state_ttl_s * 1000
+    def _build_routes(self, served: Sequence[ServedModel], client: RedisClient) -> None:
+        s = self.settings
         for m in served:
-            store = StateStore(
-                client, self.settings.state_ttl_s, m.spec.states, m.spec.state_version
+            spec = m.spec
+            states = StreamStates(
+                m.name,
+                spec.state_version,
+                s.state_prefix,
+                StateStore(client, s.state_ttl_s, spec.states, spec.state_version),
+                StateCache(s.state_ttl_s * 1000),
+                m.route.on_state_mismatch == "dead_letter",
+                self.metrics,
+                self._retrier,
+                self.redis,
             )
-            rt = _Runtime(
-                m,
-                store,
-                StateCache(ttl_ms),
-                _TimedSession(m, self.metrics),
-                self.settings.state_prefix,
+            self._routes[m.route.topic] = _Route(
+                m, states, _TimedSession(m, self.metrics, self.stages)
             )
-            self._runtimes.append(rt)
-            self._by_topic[m.route.topic] = rt
 
     async def _serve(
         self,
@@ -265,9 +247,10 @@ class Worker:
             # getmany waits for a rebalance to finish, so it must run outside the batch
             # lock that the revoke callback takes.
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records
-                )
+                with self.stages.stage("poll"):
+                    batch = await consumer.getmany(
+                        timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records
+                    )
             except KafkaError as exc:
                 # Fetch errors surface here when the broker goes away; offsets stay put.
                 self.metrics.errors.labels("fetch").inc()
@@ -288,6 +271,7 @@ class Worker:
                     t0 = time.monotonic()
                     await self._process(batch, publisher, executor)
                     self.stats.busy_s += time.monotonic() - t0
+                    self.stats.last_batch_wall = time.time()
                     last_data = time.monotonic()
             if max_records is not None and self.stats.records >= max_records:
                 break
@@ -299,12 +283,15 @@ class Worker:
     async def _probe_broker(self) -> None:
         """An empty poll says nothing about the broker: ask it directly (raises
         DependencyTimeout once it has been unreachable past the deadline)."""
-        servers = self.settings.kafka.bootstrap_servers
-        if await asyncio.to_thread(broker_reachable, servers):
+        kafka = self.settings.kafka
+        if await asyncio.to_thread(broker_reachable, kafka):
             self.kafka.ok()
         else:
             self.metrics.errors.labels("fetch").inc()
-            self.kafka.failed("fetch", ConnectionError(f"no bootstrap broker of {servers} answers"))
+            self.kafka.failed(
+                "fetch",
+                ConnectionError(f"no bootstrap broker of {kafka.bootstrap_servers} answers"),
+            )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = set(assigned)
@@ -318,20 +305,14 @@ class Worker:
         # Waits for the batch in flight: it publishes, writes its states and commits
         # while we still own its partitions. Then the revoked streams leave the cache.
         async with self._batch_lock:
-            for tp in revoked:
-                self._next_offsets.pop(tp, None)
-                labels = (tp.topic, str(tp.partition))
-                if labels in self._lag_labels:
-                    self.metrics.consumer_lag.remove(*labels)
-                    self._lag_labels.discard(labels)
-            for rt in self._runtimes:
-                parts = {tp.partition for tp in revoked if tp.topic == rt.served.route.topic}
+            self._lag.forget(revoked)
+            for topic, route in self._routes.items():
+                parts = {tp.partition for tp in revoked if tp.topic == topic}
                 if parts:
-                    dropped = rt.cache.drop_partitions(parts)
-                    self.metrics.streams_cached.labels(rt.served.name).set(len(rt.cache))
+                    dropped = route.states.drop_partitions(parts)
                     log.info(
                         "revoked %s partitions %s: %d cached streams dropped",
-                        rt.served.route.topic,
+                        topic,
                         sorted(parts),
                         dropped,
                     )
@@ -346,48 +327,96 @@ class Worker:
         executor: ThreadPoolExecutor,
     ) -> None:
         loop = asyncio.get_running_loop()
-        s = self.settings
-        raws: dict[str, list[RawRecord]] = {}
-        dead: list[DeadLetter] = []
-        offsets: dict[TopicPartition, int] = {}
+        polled = self._take(batch)  # 1. the records of this poll
+        # 2-3. decode and validate, route, group by stream (in the inference thread)
+        grouped = await loop.run_in_executor(executor, self._decode, polled)
+        now_ms = int(time.time() * 1000)
+        plans = await self._resolve(grouped, polled.dead, now_ms)  # 4. starting states
+        if plans:
+            await loop.run_in_executor(executor, self._compute, plans)  # 5. waves
+        await self._deliver(plans, polled, publisher, now_ms)  # 6. publish, write, commit
+
+    def _take(self, batch: dict[TopicPartition, list[Any]]) -> _Polled:
+        polled = _Polled()
         n = 0
         for tp, recs in batch.items():
-            if not recs:
-                continue
-            offsets[tp] = recs[-1].offset + 1
+            polled.offsets[tp] = recs[-1].offset + 1
             n += len(recs)
             self.metrics.records_consumed.labels(tp.topic).inc(len(recs))
             topic, part = tp.topic, tp.partition
             rows = [RawRecord(topic, part, r.offset, r.timestamp, r.key, r.value) for r in recs]
-            if topic in self._by_topic:
-                raws.setdefault(topic, []).extend(rows)
+            if topic in self._routes:
+                polled.raws.setdefault(topic, []).extend(rows)
             else:
-                dead.extend(DeadLetter(r, REASON_NO_ROUTE, "no route for topic") for r in rows)
+                polled.dead.extend(
+                    DeadLetter(r, REASON_NO_ROUTE, "no route for topic") for r in rows
+                )
         self.metrics.batch_records.observe(n)
         self.stats.records += n
         self.stats.batches += 1
+        return polled
 
-        decoded = await loop.run_in_executor(executor, self._decode, raws)
-        now_ms = int(time.time() * 1000)
+    def _decode(self, polled: _Polled) -> dict[str, list[StreamWork]]:
+        """Each routed topic's accepted records grouped by stream (rejects are dead
+        letters). Runs in the inference thread."""
+        with self.stages.stage("decode"):
+            grouped: dict[str, list[StreamWork]] = {}
+            for topic, raws in polled.raws.items():
+                route = self._routes[topic]
+                accepted: list[tuple[RawRecord, Decoded]] = []
+                for raw, res in zip(raws, route.served.codec.decode(raws), strict=True):
+                    if type(res) is Decoded:
+                        accepted.append((raw, res))
+                    else:
+                        assert isinstance(res, Rejected)
+                        polled.dead.append(DeadLetter(raw, res.reason, res.detail))
+                groups = group_by_stream(accepted, route.states.key)
+                grouped[topic] = list(groups.values())
+            return grouped
+
+    async def _resolve(
+        self, grouped: dict[str, list[StreamWork]], dead: list[DeadLetter], now_ms: int
+    ) -> list[_Plan]:
         plans: list[_Plan] = []
-        for topic, results in decoded.items():
-            rt = self._by_topic[topic]
-            accepted: list[tuple[RawRecord, Decoded]] = []
-            for raw, res in zip(raws[topic], results, strict=True):
-                if type(res) is Decoded:
-                    accepted.append((raw, res))
-                else:
-                    assert isinstance(res, Rejected)
-                    dead.append(DeadLetter(raw, res.reason, res.detail))
-            groups = group_by_stream(accepted, rt.key)
-            works = await self._resolve_states(rt, list(groups.values()), now_ms, dead)
-            if works:
-                plans.append(_Plan(rt, works))
+        with self.stages.stage("state_read"):
+            for topic, works in grouped.items():
+                route = self._routes[topic]
+                resolved = await route.states.resolve(works, now_ms)
+                dead.extend(resolved.dead)
+                self.stats.replays += resolved.replays
+                if resolved.works:
+                    plans.append(_Plan(route, resolved.works))
+        return plans
 
-        dead_msgs = [dead_letter_message(d) for d in dead]
-        if plans:
-            await loop.run_in_executor(executor, self._compute, plans)
+    def _compute(self, plans: list[_Plan]) -> None:
+        """Run every model's waves and encode its predictions (in the inference thread)."""
+        timer = self.stages
+        for plan in plans:
+            route = plan.route
+            t0, c0 = time.perf_counter(), time.thread_time()
+            inf_wall, inf_cpu = timer.wall_s["inference"], timer.cpu_s["inference"]
+            outcome = run_waves(
+                route.session, route.served.codec, route.served.spec.states, plan.works
+            )
+            # Waves without the session.run calls inside them (timed as "inference").
+            timer.add(
+                "waves",
+                time.perf_counter() - t0 - (timer.wall_s["inference"] - inf_wall),
+                time.thread_time() - c0 - (timer.cpu_s["inference"] - inf_cpu),
+            )
+            plan.outcome = outcome
+            self.metrics.waves_per_batch.observe(outcome.waves)
+            with timer.stage("encode"):
+                plan.messages = prediction_messages(
+                    route.served.spec.ref, outcome.predictions, int(time.time() * 1000)
+                )
+
+    async def _deliver(
+        self, plans: list[_Plan], polled: _Polled, publisher: Publisher, now_ms: int
+    ) -> None:
+        s = self.settings
         pred_msgs = [m for p in plans for m in p.messages]
+        dead_msgs = [dead_letter_message(d) for d in polled.dead]
 
         async def publish() -> None:
             await asyncio.gather(
@@ -395,110 +424,27 @@ class Worker:
                 publisher.publish(s.dlq_topic, dead_msgs),
             )
 
-        await self._retrier.call(self.kafka, "publish", publish)
-        self._count_published(plans, dead)
+        with self.stages.stage("publish"):
+            await self._retrier.call(self.kafka, "publish", publish)
+        with self.stages.stage("metrics"):
+            self._count_published(plans, polled.dead)
         self._maybe_crash("after_publish")
 
-        for plan in plans:
-            await self._write_states(plan, now_ms)
+        with self.stages.stage("state_write"):
+            for plan in plans:
+                assert plan.outcome is not None
+                await plan.route.states.save(plan.works, plan.outcome.final_states, now_ms)
         self._maybe_crash("after_state_write")
 
-        await self._commit(offsets)
-        self._update_lag(offsets)
+        with self.stages.stage("commit"):
+            await self._commit(polled.offsets)
         self._maybe_crash("after_commit")
-
-    def _decode(self, raws: dict[str, list[RawRecord]]) -> dict[str, list[Decoded | Rejected]]:
-        return {t: self._by_topic[t].served.codec.decode(rs) for t, rs in raws.items()}
-
-    async def _resolve_states(
-        self, rt: _Runtime, works: list[StreamWork], now_ms: int, dead: list[DeadLetter]
-    ) -> list[StreamWork]:
-        """Give each stream its starting state (cache, else one Redis read for all misses)
-        and drop the records the offset fence marks as replays."""
-        model = rt.served.name
-        resets = self.metrics.state_resets
-        misses: list[StreamWork] = []
-        for w in works:
-            cached = rt.cache.get(w.key)
-            if cached is None:
-                misses.append(w)
-            elif rt.cache.is_expired(cached, now_ms):
-                rt.cache.discard(w.key)
-                resets.labels(model, "expired").inc()
-            else:
-                w.initial = cached.tensors
-                self._fence(rt, w, cached.partition, cached.offset)
-        if misses:
-            keys = [w.key for w in misses]
-            t0 = time.perf_counter()
-            results = await self._retrier.call(
-                self.redis, "redis_read", lambda: rt.store.read_many(keys)
-            )
-            self.metrics.redis_seconds.labels("read").observe(time.perf_counter() - t0)
-            for w, res in zip(misses, results, strict=True):
-                if res.status is ReadStatus.OK and res.state is not None:
-                    w.initial = res.state.tensors
-                    self._fence(rt, w, res.state.partition, res.state.offset)
-                elif res.status is ReadStatus.MISSING:
-                    resets.labels(model, "missing").inc()
-                elif res.status is ReadStatus.MISMATCH:
-                    self.metrics.state_version_mismatches.labels(model).inc()
-                    if rt.served.route.on_state_mismatch == "dead_letter":
-                        dead.extend(
-                            DeadLetter(raw, REASON_STATE_MISMATCH, res.detail)
-                            for raw, _ in w.records
-                        )
-                        w.records = []
-                    else:
-                        resets.labels(model, "mismatch").inc()
-                else:
-                    log.warning(
-                        "stream %r: stored state unreadable (%s); reset", w.stream, res.detail
-                    )
-                    resets.labels(model, "corrupt").inc()
-        return [w for w in works if w.records]
-
-    def _fence(self, rt: _Runtime, w: StreamWork, partition: int, offset: int) -> None:
-        kept = [(r, d) for r, d in w.records if r.partition != partition or r.offset > offset]
-        skipped = len(w.records) - len(kept)
-        if skipped:
-            self.metrics.replays_skipped.labels(rt.served.name).inc(skipped)
-            self.stats.replays += skipped
-            w.records = kept
-
-    def _compute(self, plans: list[_Plan]) -> None:
-        """Run every model's waves and encode its predictions (in the inference thread)."""
-        dumps = orjson.dumps
-        for plan in plans:
-            rt = plan.rt
-            outcome = run_waves(rt.session, rt.served.codec, rt.served.spec.states, plan.works)
-            plan.outcome = outcome
-            self.metrics.waves_per_batch.observe(outcome.waves)
-            ref = rt.served.spec.ref
-            now_ms = int(time.time() * 1000)
-            plan.messages = [
-                OutMessage(
-                    raw.partition,
-                    dec.stream.encode(),
-                    dumps(
-                        {
-                            "id": f"{raw.topic}/{raw.partition}/{raw.offset}",
-                            "stream": dec.stream,
-                            "model": ref,
-                            "ts": dec.ts_ms,
-                            "prediction": pred,
-                            "latency_ms": now_ms - raw.timestamp_ms,
-                        }
-                    ),
-                )
-                for raw, dec, pred in outcome.predictions
-            ]
 
     def _count_published(self, plans: list[_Plan], dead: list[DeadLetter]) -> None:
         now_ms = time.time() * 1000.0
         for plan in plans:
             assert plan.outcome is not None
-            model = plan.rt.served.name
+            model = plan.route.served.name
             self.metrics.predictions_published.labels(model).inc(len(plan.messages))
             stamps = np.fromiter(
                 (raw.timestamp_ms for raw, _, _ in plan.outcome.predictions),
@@ -513,57 +459,13 @@ class Worker:
             self.metrics.dead_letters.labels(d.reason).inc()
         self.stats.dead_letters += len(dead)
 
-    async def _write_states(self, plan: _Plan, now_ms: int) -> None:
-        rt = plan.rt
-        assert plan.outcome is not None
-        items: list[tuple[str, StoredState]] = []
-        for w, tensors in zip(plan.works, plan.outcome.final_states, strict=True):
-            last = w.records[-1][0]
-            items.append((w.key, StoredState(tensors, last.partition, last.offset, now_ms)))
-        t0 = time.perf_counter()
-        skipped = await self._retrier.call(
-            self.redis, "redis_write", lambda: rt.store.write_many_checked(items)
-        )
-        self.metrics.redis_seconds.labels("write").observe(time.perf_counter() - t0)
-        fenced = set(skipped)
-        for key, st in items:
-            if key in fenced:
-                # Another owner already stored a later offset: our copy is stale.
-                rt.cache.discard(key)
-            else:
-                rt.cache.put(key, CachedState(st.tensors, st.partition, st.offset, now_ms))
-        self.metrics.streams_cached.labels(rt.served.name).set(len(rt.cache))
-
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
         assert consumer is not None
-
-        async def commit() -> bool:
-            try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group rebalanced: the new owner resumes from the last commit and the
-                # offset fence turns what we already applied into replays.
-                log.warning("offset commit refused after a rebalance: %s", exc)
-                self.metrics.errors.labels("commit").inc()
-                return False
-            return True
-
-        await self._retrier.call(self.kafka, "commit", commit)
-
-    def _update_lag(self, offsets: dict[TopicPartition, int]) -> None:
-        """Lag of every owned partition we have processed, not only this batch's: the
-        high watermarks of quiet partitions still move with each fetch response."""
-        consumer = self._consumer
-        assert consumer is not None
-        self._next_offsets.update(offsets)
-        for tp in self._assigned:
-            next_offset = self._next_offsets.get(tp)
-            hw = consumer.highwater(tp)
-            if next_offset is not None and hw is not None:
-                labels = (tp.topic, str(tp.partition))
-                self.metrics.consumer_lag.labels(*labels).set(max(0, hw - next_offset))
-                self._lag_labels.add(labels)
+        await self._retrier.call(
+            self.kafka, "commit", lambda: commit(consumer, offsets, self.metrics)
+        )
+        self._lag.update(consumer, self._assigned, offsets)
 
     def _maybe_crash(self, stage: str) -> None:
         point = self.settings.crash_at

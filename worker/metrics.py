@@ -5,7 +5,9 @@ Names are fixed: dashboards and alert rules in ``deploy/`` are built on them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,38 @@ FAST_BUCKETS = (
     0.25,
     0.5,
     1.0,
+)
+# Per-batch stage times: from tens of microseconds (a cache-hit state read) to seconds.
+STAGE_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+# The stages of one poll (DESIGN.md, "Data flow for one poll"), as timed by StageTimer.
+STAGES = (
+    "poll",  # getmany
+    "decode",  # decode and validate, route, group by stream
+    "state_read",  # cache lookups, one MGET for the misses, state decode, offset fence
+    "waves",  # stacking inputs and states around session.run
+    "inference",  # session.run only
+    "encode",  # prediction JSON
+    "publish",  # send and await every ack
+    "metrics",  # per-prediction metric updates
+    "state_write",  # one fenced Lua call per model
+    "commit",
 )
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
@@ -112,6 +146,13 @@ class WorkerMetrics:
         self.dependency_up = Gauge(
             "statecast_dependency_up", "1 when the dependency answers", ["dependency"], registry=r
         )
+        self.stage_seconds = Histogram(
+            "statecast_stage_seconds",
+            "Time of one stage of one batch (wall clock)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("statecast_errors", "Errors by stage", ["stage"], registry=r)
         self.ready = Gauge("statecast_ready", "1 when /readyz answers 200", registry=r)
 
@@ -130,6 +171,36 @@ class WorkerMetrics:
             self.dependency_up.labels(dep)
         for stage in ("fetch", "redis_read", "publish", "redis_write", "commit"):
             self.errors.labels(stage)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+
+
+class StageTimer:
+    """Where each batch's time goes: ``statecast_stage_seconds{stage}`` per batch, plus
+    running wall and thread-CPU totals per stage (read by the benchmark).
+
+    Thread CPU is robust to other processes sharing the core (wall time is not); for a
+    stage awaited on the event loop it also counts what other tasks ran meanwhile (aiokafka's
+    fetcher, the health server). Safe to call from the inference thread.
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._hist = {stage: metrics.stage_seconds.labels(stage) for stage in STAGES}
+        self.wall_s = dict.fromkeys(STAGES, 0.0)
+        self.cpu_s = dict.fromkeys(STAGES, 0.0)
+
+    def add(self, stage: str, wall_s: float, cpu_s: float) -> None:
+        self._hist[stage].observe(wall_s)
+        self.wall_s[stage] += wall_s
+        self.cpu_s[stage] += cpu_s
+
+    @contextmanager
+    def stage(self, stage: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0, time.thread_time() - c0)
 
 
 def observe_many(hist: Any, values: Sequence[float] | np.ndarray[Any, Any]) -> None:

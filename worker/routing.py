@@ -26,6 +26,14 @@ class Route:
     codec_options: Mapping[str, str] = field(default_factory=dict)
     on_state_mismatch: str = "reset"
 
+    def to_text(self) -> str:
+        """This route as one ``STATECAST_ROUTES`` item (``parse_routes`` reads it back)."""
+        options = dict(self.codec_options)
+        if self.on_state_mismatch != "reset":
+            options["on_state_mismatch"] = self.on_state_mismatch
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"{self.topic}={self.model}" + (f"?{query}" if query else "")
+
     def describe(self) -> dict[str, Any]:
         return {
             "topic": self.topic,

@@ -15,6 +15,7 @@ from typing import Any
 
 from statecast.contract.manifest import DEFAULT_MANIFEST
 from statecast.worker.routing import Route, parse_routes
+from statecast.worker.state.redis_conn import RedisSettings, mask_url
 
 DEFAULT_ROUTES = "sensor=sensor_lstm;prices=price_gru"
 CRASH_STAGES = ("after_publish", "after_state_write", "after_commit")
@@ -66,18 +67,6 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
-class RedisOptions:
-    url: str = "redis://127.0.0.1:16379/0"
-    cluster: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-
-
-@dataclass(frozen=True)
 class CrashPoint:
     """Test-only fault injection: SIGKILL ourselves on the ``n``-th batch reaching ``stage``."""
 
@@ -88,7 +77,7 @@ class CrashPoint:
 @dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    redis: RedisOptions = field(default_factory=RedisOptions)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     routes: tuple[Route, ...] = field(default_factory=lambda: parse_routes(DEFAULT_ROUTES))
     manifest_path: Path = DEFAULT_MANIFEST
     # ONNX paths in the manifest are relative to this directory (the repository root).
@@ -139,8 +128,8 @@ class Settings:
             ssl_certfile=e.opt("STATECAST_KAFKA_SSL_CERTFILE"),
             ssl_keyfile=e.opt("STATECAST_KAFKA_SSL_KEYFILE"),
         )
-        redis = RedisOptions(
-            url=e.text("STATECAST_REDIS_URL", RedisOptions.url),
+        redis = RedisSettings(
+            url=e.text("STATECAST_REDIS_URL", RedisSettings.url),
             cluster=e.flag("STATECAST_REDIS_CLUSTER", False),
             username=e.opt("STATECAST_REDIS_USERNAME"),
             password=e.opt("STATECAST_REDIS_PASSWORD"),
@@ -179,12 +168,65 @@ class Settings:
             crash_at=_crash_point(e.opt("STATECAST_TEST_CRASH_AT")),
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The ``STATECAST_*`` variables that ``from_env`` reads back into these settings.
+
+        Tools that start a worker process (bench, demo, tests) build a ``Settings`` and pass
+        this, so no one writes the variable names by hand. Unset optional values are left
+        out (``from_env`` reads an absent variable as its default)."""
+        k, r = self.kafka, self.redis
+        env: dict[str, str | None] = {
+            "STATECAST_MANIFEST": str(self.manifest_path),
+            "STATECAST_MODEL_ROOT": str(self.model_root),
+            "STATECAST_KAFKA_BOOTSTRAP": k.bootstrap_servers,
+            "STATECAST_GROUP_ID": k.group_id,
+            "STATECAST_CLIENT_ID": k.client_id,
+            "STATECAST_KAFKA_SESSION_TIMEOUT_MS": str(k.session_timeout_ms),
+            "STATECAST_KAFKA_FETCH_MAX_WAIT_MS": str(k.fetch_max_wait_ms),
+            "STATECAST_KAFKA_AUTO_OFFSET_RESET": k.auto_offset_reset,
+            "STATECAST_KAFKA_SECURITY_PROTOCOL": k.security_protocol,
+            "STATECAST_KAFKA_SASL_MECHANISM": k.sasl_mechanism,
+            "STATECAST_KAFKA_SASL_USERNAME": k.sasl_username,
+            "STATECAST_KAFKA_SASL_PASSWORD": k.sasl_password,
+            "STATECAST_KAFKA_SSL_CAFILE": k.ssl_cafile,
+            "STATECAST_KAFKA_SSL_CERTFILE": k.ssl_certfile,
+            "STATECAST_KAFKA_SSL_KEYFILE": k.ssl_keyfile,
+            "STATECAST_REDIS_URL": r.url,
+            "STATECAST_REDIS_CLUSTER": "1" if r.cluster else "0",
+            "STATECAST_REDIS_USERNAME": r.username,
+            "STATECAST_REDIS_PASSWORD": r.password,
+            "STATECAST_REDIS_TLS": "1" if r.tls else "0",
+            "STATECAST_REDIS_TLS_CA_FILE": r.tls_ca_file,
+            "STATECAST_REDIS_TLS_CERT_FILE": r.tls_cert_file,
+            "STATECAST_REDIS_TLS_KEY_FILE": r.tls_key_file,
+            "STATECAST_ROUTES": ";".join(route.to_text() for route in self.routes),
+            "STATECAST_PREDICTIONS_TOPIC": self.predictions_topic,
+            "STATECAST_DLQ_TOPIC": self.dlq_topic,
+            "STATECAST_STATE_PREFIX": self.state_prefix,
+            "STATECAST_STATE_TTL_S": str(self.state_ttl_s),
+            "STATECAST_MAX_BATCH": str(self.max_batch_records),
+            "STATECAST_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
+            "STATECAST_DEVICE": self.device,
+            "STATECAST_INTRA_OP_THREADS": str(self.intra_op_threads),
+            "STATECAST_INTER_OP_THREADS": str(self.inter_op_threads),
+            "STATECAST_HTTP_HOST": self.http_host,
+            "STATECAST_HTTP_PORT": str(self.http_port),
+            "STATECAST_DEPENDENCY_TIMEOUT_S": repr(self.dependency_timeout_s),
+            "STATECAST_RETRY_INITIAL_S": repr(self.retry_initial_s),
+            "STATECAST_RETRY_MAX_S": repr(self.retry_max_s),
+            "STATECAST_DRAIN_TIMEOUT_S": repr(self.drain_timeout_s),
+            "STATECAST_TEST_CRASH_AT": (
+                f"{self.crash_at.stage}:{self.crash_at.n}" if self.crash_at else None
+            ),
+        }
+        return {name: value for name, value in env.items() if value is not None}
+
     def describe(self) -> dict[str, Any]:
         """A loggable view of the settings with every secret replaced by ``***``."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, KafkaSettings | RedisOptions):
+            if isinstance(value, KafkaSettings | RedisSettings):
                 value = {
                     sub.name: _mask(sub.name, getattr(value, sub.name)) for sub in fields(value)
                 }
@@ -198,16 +240,6 @@ class Settings:
                 value = f"{value.stage}:{value.n}"
             out[f.name] = value
         return out
-
-
-def mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:{_MASK}@{host}"
 
 
 def _mask(name: str, value: Any) -> Any:
@@ -226,6 +258,16 @@ def _crash_point(raw: str | None) -> CrashPoint | None:
             f"got {raw!r}"
         )
     return CrashPoint(stage, int(n))
+
+
+def parse_flag(value: str) -> bool:
+    """A boolean setting or route option: 1/0, true/false, yes/no, on/off."""
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {value!r}")
 
 
 class _Env:
@@ -269,11 +311,10 @@ class _Env:
         raw = self.opt(name)
         if raw is None:
             return default
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+        try:
+            return parse_flag(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.text(name, default)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from statecast.worker.stack import StackConfig, StackError, stack_down, stack_status, stack_up
+from statecast.worker.devstack import StackConfig, StackError, stack_down, stack_status, stack_up
 
 DEFAULT_DIR = Path(".stack")
 

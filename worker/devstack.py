@@ -14,13 +14,19 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from statecast.worker.consumer import kafka_answers
+
 log = logging.getLogger(__name__)
+
+
+# Tansu answers JoinGroup only after about half of the consumer's session timeout (5 s with
+# aiokafka's default 10 s): every consumer of the dev broker (tests, demo, bench) uses this.
+TANSU_SESSION_TIMEOUT_MS = 6000
 
 
 class StackError(RuntimeError):
@@ -59,22 +65,6 @@ def find_redis_server() -> Path:
     )
 
 
-def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Send a Kafka ApiVersions v0 request and check that a well-formed reply comes back."""
-    client_id = b"statecast-probe"
-    body = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exact(s, 8)
-    except OSError:
-        return False
-    if header is None:
-        return False
-    _size, correlation_id = struct.unpack(">ii", header)
-    return bool(correlation_id == 7)
-
-
 def redis_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
@@ -83,16 +73,6 @@ def redis_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     except OSError:
         return False
     return reply.startswith(b"+PONG")
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 def _pid_alive(pid: int) -> bool:

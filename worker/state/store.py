@@ -1,7 +1,7 @@
 """Per-stream recurrent state in Redis: batched reads, fenced atomic writes with a TTL.
 
 - Key: ``<prefix>:<model>:<state-version>:<stream>`` (:func:`state_key`).
-- Value: :mod:`statecast.worker.state_codec` (fixed header with the last applied partition/offset,
+- Value: :mod:`statecast.worker.state.codec` (fixed header with the last applied partition/offset,
   then raw float32 bytes). State and offset live in one value, so one SET writes both
   atomically.
 - ``read_many``: one MGET on a single Redis. On a cluster MGET cannot span slots, so keys
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -29,8 +28,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from statecast.contract.spec import StateSpec
-from statecast.worker.redis_conn import RedisClient
-from statecast.worker.state_codec import (
+from statecast.worker.state.codec import (
     HEADER_FIXED_SIZE,
     OFFSET_POS,
     PARTITION_POS,
@@ -39,6 +37,7 @@ from statecast.worker.state_codec import (
     StateCodec,
     StoredState,
 )
+from statecast.worker.state.redis_conn import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +75,6 @@ def state_key(prefix: str, model: str, state_version: str, stream: str) -> str:
     return f"{prefix}:{model}:{state_version}:{stream}"
 
 
-@dataclass
-class StoreStats:
-    """Running counts for logs and tests; the worker exports its own metrics."""
-
-    keys_read: int = 0
-    keys_written: int = 0
-    writes_skipped: int = 0  # by the offset fence
-    script_loads: int = 0
-
-
 class StateStore:
     """The states of one model (one state spec and state version) in Redis."""
 
@@ -102,11 +91,6 @@ class StateStore:
         self._cluster = isinstance(client, RedisCluster)
         self._ttl_ms = int(ttl_s) * 1000
         self.codec = StateCodec(spec_states, state_version)
-        self.stats = StoreStats()
-
-    @property
-    def state_version(self) -> str:
-        return self.codec.state_version
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -118,7 +102,6 @@ class StateStore:
             values = await self._mget_by_slot(keys)
         else:
             values = cast("list[bytes | None]", await self._client.mget(keys))
-        self.stats.keys_read += len(keys)
         decode = self.codec.decode
         return [decode(v) for v in values]
 
@@ -137,13 +120,11 @@ class StateStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def write_many(self, items: Sequence[tuple[str, StoredState]]) -> None:
-        """Write each state with its offset atomically, set the TTL, apply the fence."""
-        await self.write_many_checked(items)
+    async def write_many(self, items: Sequence[tuple[str, StoredState]]) -> list[str]:
+        """Write each state with its offset atomically, set the TTL, apply the fence.
 
-    async def write_many_checked(self, items: Sequence[tuple[str, StoredState]]) -> list[str]:
-        """Like :meth:`write_many`; returns the keys whose write the offset fence skipped
-        (another writer already stored that offset or a later one)."""
+        Returns the keys whose write the offset fence skipped (another writer already
+        stored that offset or a later one)."""
         if not items:
             return []
         encode = self.codec.encode
@@ -153,9 +134,7 @@ class StateStore:
             skipped = await self._write_by_slot(keys, values)
         else:
             skipped = [keys[i - 1] for i in await self._evalsha_loading(keys, values)]
-        self.stats.keys_written += len(keys) - len(skipped)
         if skipped:
-            self.stats.writes_skipped += len(skipped)
             log.debug("offset fence skipped %d of %d state writes", len(skipped), len(keys))
         return skipped
 
@@ -203,7 +182,6 @@ class StateStore:
     async def _load_script(self) -> None:
         # On a cluster redis-py sends SCRIPT LOAD to every primary.
         sha = await self._client.script_load(FENCED_WRITE_LUA)
-        self.stats.script_loads += 1
         if sha != FENCED_WRITE_SHA:
             raise RuntimeError(
                 f"Redis hashed the fence script to {sha}, expected {FENCED_WRITE_SHA}"
@@ -224,7 +202,6 @@ __all__ = [
     "ReadResult",
     "ReadStatus",
     "StateStore",
-    "StoreStats",
     "StoredState",
     "state_key",
 ]

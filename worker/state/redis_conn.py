@@ -27,13 +27,13 @@ RedisClient = aioredis.Redis | RedisCluster
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """How to reach the state store. ``url`` is ``redis://`` or ``rediss://`` (TLS);
-    for a cluster it names any one node (the others are discovered)."""
+    """How to reach the state store (``STATECAST_REDIS_*``). ``url`` is ``redis://`` or
+    ``rediss://`` (TLS); for a cluster it names any one node (the others are discovered)."""
 
-    url: str
+    url: str = "redis://127.0.0.1:16379/0"
     cluster: bool = False
-    password: str | None = field(default=None, repr=False)
     username: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
@@ -43,26 +43,27 @@ class RedisSettings:
     retries: int = 1
     max_connections: int = 32
 
-    def redacted_url(self) -> str:
-        """The URL with any password replaced, for logs."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
     def describe(self) -> str:
         """One log line, secrets masked."""
         return (
-            f"url={self.redacted_url()} cluster={self.cluster} "
+            f"url={mask_url(self.url)} cluster={self.cluster} "
             f"auth={'yes' if self.password or urlsplit(self.url).password else 'no'} "
             f"tls={self.tls or self.url.startswith('rediss://')} "
             f"timeouts={self.socket_connect_timeout_s}/{self.socket_timeout_s}s "
             f"retries={self.retries}"
         )
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _retry(settings: RedisSettings) -> Retry:

@@ -8,35 +8,25 @@ their partition is revoked, and treated as expired when Redis would have expired
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from statecast.worker.batching import State
-
-
-@dataclass(frozen=True)
-class CachedState:
-    tensors: State
-    partition: int
-    offset: int
-    updated_ms: int
+from statecast.worker.state.codec import StoredState
 
 
 class StateCache:
     def __init__(self, ttl_ms: int) -> None:
         self._ttl_ms = ttl_ms
-        self._entries: dict[str, CachedState] = {}
+        self._entries: dict[str, StoredState] = {}
         self._by_partition: dict[int, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> CachedState | None:
+    def get(self, key: str) -> StoredState | None:
         return self._entries.get(key)
 
-    def is_expired(self, entry: CachedState, now_ms: int) -> bool:
+    def is_expired(self, entry: StoredState, now_ms: int) -> bool:
         return now_ms - entry.updated_ms >= self._ttl_ms
 
-    def put(self, key: str, entry: CachedState) -> None:
+    def put(self, key: str, entry: StoredState) -> None:
         old = self._entries.get(key)
         if old is not None and old.partition != entry.partition:
             self._by_partition.get(old.partition, set()).discard(key)
@@ -55,7 +45,3 @@ class StateCache:
                 if self._entries.pop(key, None) is not None:
                     dropped += 1
         return dropped
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._by_partition.clear()

@@ -19,7 +19,7 @@ import signal
 
 from statecast.worker.backoff import DependencyTimeout
 from statecast.worker.health import HealthServer
-from statecast.worker.models import ModelLoadError
+from statecast.worker.served import ModelLoadError
 from statecast.worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)

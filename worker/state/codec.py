@@ -17,7 +17,7 @@ little-endian (positions 0-based)::
     ..  the tensors' float32 bytes, concatenated in spec order, each [layers, hidden]
 
 The partition and offset sit at fixed positions so the offset fence in Lua
-(:mod:`statecast.worker.state_store`) can read them with ``struct.unpack`` without parsing the rest.
+(:mod:`statecast.worker.state.store`) can read them with ``struct.unpack`` without parsing the rest.
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ class ReadStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class StoredState:
-    """One stream's state as stored: its tensors and the last applied input position.
+    """One stream's state: its tensors and the last applied input position.
 
-    ``tensors`` maps each state name to a float32 ``[layers, hidden]`` array of ONE stream.
-    Arrays returned by a read are read-only views over the fetched bytes.
+    The same value is stored in Redis, held in the worker's cache and handed to the next
+    batch, so there is one type for all three. ``tensors`` maps each state name to a float32
+    ``[layers, hidden]`` array of ONE stream. Arrays returned by a read are read-only views
+    over the fetched bytes; ``updated_ms`` is the wall clock of the write (the TTL counts
+    from it).
     """
 
     tensors: dict[str, FloatArray]
@@ -239,11 +242,6 @@ def _mismatch(detail: str) -> ReadResult:
     return ReadResult(ReadStatus.MISMATCH, None, detail)
 
 
-def zero_state(spec_states: Sequence[StateSpec]) -> dict[str, FloatArray]:
-    """The state of a new stream (zeros), in the stored per-stream layout."""
-    return {s.name: np.zeros((s.layers, s.hidden), dtype=np.float32) for s in spec_states}
-
-
 __all__ = [
     "HEADER_FIXED_SIZE",
     "MAGIC",
@@ -254,5 +252,4 @@ __all__ = [
     "ReadStatus",
     "StateCodec",
     "StoredState",
-    "zero_state",
 ]
