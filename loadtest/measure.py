@@ -8,7 +8,6 @@ producer: what a consumer of ``predictions`` would observe, produce and fetch in
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from statecast.loadtest.latency import LatencyBook
+from statecast.loadtest.topics import partition_counts
 
 ProgressFn = Callable[[], str]
 FETCH_MAX_WAIT_MS = 10
@@ -35,6 +35,7 @@ class Measurer:
         on_prediction: Callable[[dict[str, Any], float], None] | None = None,
     ) -> None:
         self._topic = topic
+        self._bootstrap = bootstrap
         self._book = book
         self._on_prediction = on_prediction
         self._consumer = AIOKafkaConsumer(
@@ -59,13 +60,11 @@ class Measurer:
             await self._consumer.position(tp)  # resolve now, before any input is produced
 
     async def _partitions(self) -> set[int]:
-        for _ in range(50):
-            await self._consumer.topics()  # refreshes metadata
-            parts = self._consumer.partitions_for_topic(self._topic)
-            if parts:
-                return set(parts)
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {self._topic!r} has no partitions (does it exist?)")
+        # Asked by name: a metadata request naming no topic lists none on a strict broker.
+        counts = await partition_counts(self._bootstrap, [self._topic], wait_s=5.0)
+        if self._topic not in counts:
+            raise RuntimeError(f"topic {self._topic!r} has no partitions (does it exist?)")
+        return set(range(counts[self._topic]))
 
     async def stop(self) -> None:
         await self._consumer.stop()
