@@ -4,7 +4,6 @@ real Redis and a real broker."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 from collections.abc import Callable
 
@@ -39,7 +38,6 @@ OUTAGES: list[BaseException] = [
     ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
     ConnectionResetError(errno.ECONNRESET, "reset"),
     TimeoutError(),
-    asyncio.TimeoutError(),
     OSError(errno.EHOSTUNREACH, "No route to host"),
 ]
 
