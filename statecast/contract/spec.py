@@ -31,8 +31,20 @@ STATE_OUT_PREFIX = "state_out."
 # "classify": a per-frame image classifier on the frame route (often stateless).
 # "generate": a next-token model whose route also continues the text (worker/generation.py).
 # "synthesis": a stateless generator the load tool runs (never routed in the worker).
-ModelKind = Literal["forecast", "sentiment", "video", "classify", "generate", "synthesis"]
-_KINDS: tuple[str, ...] = ("forecast", "sentiment", "video", "classify", "generate", "synthesis")
+# "decoder": a word decoder run from a copy of another model's state (video captions); a
+# route's codec loads it beside the routed model, it is never routed itself.
+ModelKind = Literal[
+    "forecast", "sentiment", "video", "classify", "generate", "synthesis", "decoder"
+]
+_KINDS: tuple[str, ...] = (
+    "forecast",
+    "sentiment",
+    "video",
+    "classify",
+    "generate",
+    "synthesis",
+    "decoder",
+)
 _DTYPES: tuple[str, ...] = ("float32", "int64", "uint8")
 
 
