@@ -19,8 +19,9 @@ from statecast.contract.manifest import (
     check_digest,
     load_manifest,
 )
-from statecast.contract.spec import SpecError
+from statecast.contract.spec import ModelSpec, SpecError
 from statecast.export.parity import PARITY_TOLERANCE
+from statecast.worker.inference import InferenceError, build_session
 
 # Imported models (statecast import) carry Keras's outputs beside the ONNX file instead of a
 # registry recipe; check_digest has already pinned that file by sha256.
@@ -61,15 +62,15 @@ def list_models(entries: list[ManifestEntry]) -> None:
 
 def verify_entry(entry: ManifestEntry, root: Path, parity: bool) -> list[str]:
     """Problems found with one entry (empty when it verifies)."""
-    from statecast.export.step_export import read_spec
-
     try:
         path = check_digest(entry, root)
     except ManifestError as exc:
         return [str(exc)]
     try:
-        spec = read_spec(path)
-    except (SpecError, OSError, ValueError) as exc:
+        # Read the way the worker reads it (onnxruntime, no torch): a wheel installed
+        # without the training extras verifies its models.
+        spec = ModelSpec.from_metadata(build_session(path).get_modelmeta().custom_metadata_map)
+    except (SpecError, InferenceError, OSError, ValueError) as exc:
         return [f"{entry.name}: unreadable model spec: {exc}"]
     found = (spec.name, spec.version, spec.kind)
     if found != (entry.name, entry.version, entry.kind):
