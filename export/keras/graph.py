@@ -12,6 +12,7 @@ so it never imports keras itself.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +81,15 @@ def _act(layer: Any, key: str = "activation") -> Any:
 def stack_layers(model: Any) -> list[Any]:
     """The layers of a linear model, in order, without InputLayers."""
     layers = list(model.layers)
+    for layer in layers:  # a known-unstreamable layer is the clearest reason: name it first
+        if type(layer).__name__ in WHY_NOT:
+            check_layer(layer)
     if type(model).__name__ != "Sequential":
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise UnsupportedLayer(
                 f"model {model.name!r}: only single-input, single-output models can stream"
             )
-        for prev, layer in zip(layers, layers[1:], strict=False):
+        for prev, layer in itertools.pairwise(layers):
             nodes = getattr(layer, "_inbound_nodes", [])
             parents = [p.operation for p in nodes[0].parent_nodes] if len(nodes) == 1 else []
             if len(nodes) != 1 or len(parents) != 1 or parents[0] is not prev:
@@ -144,7 +148,8 @@ def convert_layer(layer: Any) -> Block:
     if kind == "TimeDistributed":
         return TimeDistributed(convert_layer(layer.layer))
     check_layer(layer)
-    return CONVERTERS[kind](layer)
+    block: Block = CONVERTERS[kind](layer)
+    return block
 
 
 def _weights(layer: Any) -> list[np.ndarray[Any, Any]]:
@@ -167,9 +172,9 @@ def _recurrent(cell: str) -> Any:
             recurrent=w[1],
             bias=w[2] if len(w) > 2 else None,
             act=_act(layer),
-            rec_act=_act(layer, "recurrent_activation") if cell != "simple" else activation(
-                "sigmoid", _name(layer)
-            ),
+            rec_act=_act(layer, "recurrent_activation")
+            if cell != "simple"
+            else activation("sigmoid", _name(layer)),
             return_sequences=bool(cfg.get("return_sequences", False)),
             reset_after=bool(cfg.get("reset_after", True)),
             zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)),
@@ -220,7 +225,7 @@ def _maxpool(layer: Any) -> Block:
 def _leaky(layer: Any) -> Block:
     cfg = layer.get_config()
     slope = float(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     return Act(lambda x: F.leaky_relu(x, slope))
 
@@ -262,7 +267,11 @@ CONVERTERS: dict[str, Any] = {
 
 def _relu_layer(layer: Any) -> Block:
     cfg = layer.get_config()
-    if cfg.get("max_value") is not None or cfg.get("threshold", 0.0) or cfg.get("negative_slope", 0.0):
+    if (
+        cfg.get("max_value") is not None
+        or cfg.get("threshold", 0.0)
+        or cfg.get("negative_slope", 0.0)
+    ):
         raise UnsupportedLayer(f"{_name(layer)}: only a plain ReLU() is converted")
     return Act(activation("relu", _name(layer)))
 

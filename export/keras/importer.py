@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from statecast.contract.manifest import (
@@ -57,7 +56,7 @@ PARITY_EVENTS = 6  # events beyond the window (window mode) / steps (stateful mo
 Array = np.ndarray[Any, Any]
 
 
-class ImportError_(ValueError):  # noqa: N801 (ImportError is a builtin)
+class ImportError_(ValueError):
     """The model cannot be imported as asked (unsupported layer, shape, option)."""
 
 
@@ -101,7 +100,9 @@ def load_keras(path: Path) -> Any:
             "reading .keras files needs keras: pip install 'statecast[import]'"
         ) from exc
     if keras.backend.backend() != "torch":
-        raise ImportError_(f"keras runs on the {keras.backend.backend()!r} backend; set KERAS_BACKEND=torch")
+        raise ImportError_(
+            f"keras runs on the {keras.backend.backend()!r} backend; set KERAS_BACKEND=torch"
+        )
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except (OSError, ValueError, TypeError) as exc:
@@ -203,7 +204,9 @@ def _adapter(
     if opts.kind == "forecast":
         nf = int(np.prod(step_dims))
         if step_dims != (nf,):
-            raise ImportError_(f"a forecast step must be a feature vector, the model has {step_dims}")
+            raise ImportError_(
+                f"a forecast step must be a feature vector, the model has {step_dims}"
+            )
         if len(opts.features) != nf:
             raise ImportError_(f"the model takes {nf} features: --features must name {nf}")
         for what, vals, n in (
@@ -226,7 +229,7 @@ def _adapter(
         )
         return adapter, (TensorSpec("x", "float32", (-1, nf)),), pre
     if opts.kind in ("classify", "video"):
-        h, w, c = (*step_dims, 1)[:3] if len(step_dims) == 2 else (step_dims + (0, 0, 0))[:3]
+        h, w, c = (*step_dims, 1)[:3] if len(step_dims) == 2 else ((*step_dims, 0, 0, 0))[:3]
         if len(step_dims) not in (2, 3) or c != 1:
             raise ImportError_(
                 f"a frame model takes grey images (H, W) or (H, W, 1); the model has {step_dims}"
@@ -248,7 +251,9 @@ def _adapter(
 def _outputs(opts: ImportOptions, conv: Converted) -> tuple[OutputSpec, ...]:
     if opts.kind in ("classify", "video"):
         classes = opts.classes
-        return (OutputSpec("probs", "probability", classes, "P(class) from the model's last layer"),)
+        return (
+            OutputSpec("probs", "probability", classes, "P(class) from the model's last layer"),
+        )
     if opts.kind == "sentiment":
         return (OutputSpec("positive", "probability", (), "P(positive) of the text so far"),)
     return (OutputSpec("prediction", "", opts.targets, "the Keras model's output, real units"),)
@@ -299,7 +304,9 @@ def import_keras(
         last = next(e for e in reversed(references[0].expected) if e)
         n_out = int(last["probs"].shape[-1])
         if opts.classes and len(opts.classes) != n_out:
-            raise ImportError_(f"--classes names {len(opts.classes)} classes, the model has {n_out}")
+            raise ImportError_(
+                f"--classes names {len(opts.classes)} classes, the model has {n_out}"
+            )
         if not opts.classes:
             plan = make_plan(conv, _with_classes(opts, n_out))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,13 +320,18 @@ def import_keras(
             shutil.copyfile(opts.tokenizer, tok_path)
             spec = _with_tokenizer(spec, tok_path)
         export_step_model(
-            plan.step, spec, onnx_path, inputs=ref.example_inputs(plan, spec), doc=f"imported from {source.name}"
+            plan.step,
+            spec,
+            onnx_path,
+            inputs=ref.example_inputs(plan, spec),
+            doc=f"imported from {source.name}",
         )
         diffs = [step_parity(onnx_path, r.steps, r.expected) for r in references]
         for what, d in zip(("random", "real"), diffs, strict=False):
             if not d <= PARITY_TOLERANCE:
                 raise ParityError(
-                    f"{opts.name}: parity with keras on {what} inputs {d:.3g} > {PARITY_TOLERANCE:g}"
+                    f"{opts.name}: parity with keras on {what} inputs "
+                    f"{d:.3g} > {PARITY_TOLERANCE:g}"
                 )
         save_reference(ref_path, references)
     except BaseException:
@@ -364,7 +376,9 @@ def import_keras(
 
 
 def _artefact(path: Path, root: Path) -> Artefact:
-    return Artefact(path=path.resolve().relative_to(root.resolve()).as_posix(), sha256=sha256_file(path))
+    return Artefact(
+        path=path.resolve().relative_to(root.resolve()).as_posix(), sha256=sha256_file(path)
+    )
 
 
 def _with_classes(opts: ImportOptions, n: int) -> ImportOptions:

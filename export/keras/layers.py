@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 (the conventional name)
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Mask = Tensor | None
@@ -94,7 +94,9 @@ class Act(Block):
 
 
 class Dense(Block):
-    def __init__(self, kernel: np.ndarray[Any, Any], bias: np.ndarray[Any, Any] | None, fn: Activation):
+    def __init__(
+        self, kernel: np.ndarray[Any, Any], bias: np.ndarray[Any, Any] | None, fn: Activation
+    ):
         super().__init__()
         self.kernel = _param(kernel)
         self.bias = _param(bias) if bias is not None else None
@@ -210,7 +212,9 @@ class Conv(Block):
             elif self.padding == "causal":
                 pads += [(self.ksize[i] - 1) * self.dilation[i], 0]
             else:
-                pads += list(same_padding(spatial[i], self.ksize[i], self.strides[i], self.dilation[i]))
+                pads += list(
+                    same_padding(spatial[i], self.ksize[i], self.strides[i], self.dilation[i])
+                )
         return pads
 
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
@@ -275,7 +279,7 @@ class Chain(Block):
 
     @property
     def time_local(self) -> bool:  # type: ignore[override]
-        return all(b.time_local for b in self.blocks)  # type: ignore[union-attr]
+        return all(b.time_local for b in self.blocks)
 
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         for b in self.blocks:
@@ -372,9 +376,7 @@ class Recurrent(Block):
             hh = self.act(xp[:, 2 * u :] + (r * h) @ self.recurrent[:, 2 * u :])
         return [zg * h + (1.0 - zg) * hh]
 
-    def run(
-        self, x: Tensor, mask: Mask, state: list[Tensor]
-    ) -> tuple[Tensor, Mask, list[Tensor]]:
+    def run(self, x: Tensor, mask: Mask, state: list[Tensor]) -> tuple[Tensor, Mask, list[Tensor]]:
         # The input projection of every step at once; only the recurrence is sequential.
         xp = x @ self.kernel + self.in_bias
         out = state[0] if not self.zero_output_for_mask else torch.zeros_like(state[0])

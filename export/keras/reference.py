@@ -11,8 +11,7 @@ zero state must reproduce them within 1e-4.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +46,8 @@ def _adapt(plan: Plan, events: Array) -> Array:
 
 
 def _out(plan: Plan, y: Array) -> Array:
+    if y.ndim == 3:  # a sequence output ([B, T, out]): the prediction is its last step
+        y = y[:, -1]
     with torch.no_grad():
         return plan.adapter.output(torch.from_numpy(y.astype(np.float32))).numpy()
 
@@ -112,8 +113,8 @@ def _window(plan: Plan, predict: Predict, events: Array) -> Reference:
     padded = np.concatenate([np.zeros((b, w - 1, *adapted.shape[2:]), np.float32), adapted], 1)
     # Every window of every stream in one predict call: [N * B, W, ...].
     windows = np.stack([padded[:, t : t + w] for t in range(n)])
-    y = predict(windows.reshape((n * b, *windows.shape[2:])))
-    y = _out(plan, y).reshape((n, b, *y.shape[1:]))
+    y = _out(plan, predict(windows.reshape((n * b, *windows.shape[2:]))))
+    y = y.reshape((n, b, *y.shape[1:]))
     name = plan.spec.outputs[0].name
     steps = [{"x": np.ascontiguousarray(events[:, t])} for t in range(n)]
     expected = [
@@ -148,7 +149,11 @@ def _vocab(plan: Plan) -> int:
 
 
 def _tokens(
-    plan: Plan, predict: Predict, rng: np.random.Generator, sample: Array | None, opts: ImportOptions
+    plan: Plan,
+    predict: Predict,
+    rng: np.random.Generator,
+    sample: Array | None,
+    opts: ImportOptions,
 ) -> Reference:
     if sample is None:
         rows = [rng.integers(1, _vocab(plan), size=int(rng.integers(5, 60))) for _ in range(BATCH)]
@@ -178,6 +183,9 @@ def _tokens(
             x[i, : len(p)] = p
             seen[i] += len(p)
         steps.append({"x": x, "lengths": lengths})
-        probs = [predict(np.asarray(r[: seen[i]], np.int64)[None]) for i, r in enumerate(rows)]
+        probs = [
+            _out(plan, predict(np.asarray(r[: seen[i]], np.int64)[None]))
+            for i, r in enumerate(rows)
+        ]
         expected.append({"positive": np.concatenate(probs).astype(np.float32)})
     return Reference(steps, expected)

@@ -63,6 +63,8 @@ class WindowStep(nn.Module):
         v = self.adapter.features(x).reshape(b, 1, -1)
         buf = torch.cat([win[0].reshape(b, self.window, -1)[:, 1:], v], dim=1)
         y, _ = self.chain(buf.reshape((b, self.window, *self.adapter.step_shape)), None)
+        if y.dim() == 3:  # a sequence output: this event's prediction is its last step
+            y = y[:, -1]
         seen = torch.clamp(count + 1.0, max=float(self.window))
         warming = (seen[0] < float(self.window)).to(torch.float32)
         return self.adapter.output(y), warming, buf.reshape(1, b, -1), seen
@@ -82,7 +84,10 @@ class StatefulStep(nn.Module):
         self.adapter = adapter
         self.chunk = chunk
         self.names = [
-            (i, n) for i, b in enumerate(chain.blocks) if isinstance(b, Recurrent) for n in b.state_names
+            (i, n)
+            for i, b in enumerate(chain.blocks)
+            if isinstance(b, Recurrent)
+            for n in b.state_names
         ]
 
     def _inputs(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Mask]:

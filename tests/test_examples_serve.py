@@ -1,0 +1,250 @@
+"""Every Keras example imports, verifies and serves end to end, equal to Keras's own predict.
+
+The examples (examples/*.keras, trained by examples/train_all.py on the project's real data)
+are imported into a private root with ``statecast import``'s code, rechecked by ``statecast
+models verify`` (from the stored reference, onnxruntime only), then served by one worker on
+one route each through the real broker and Redis. Every published prediction is compared
+with Keras itself on what the semantics say the prediction means:
+
+- window models: ``model.predict`` on the last W events of the stream (zeros before the
+  first; ``warming_up`` is 1 exactly until W events arrived);
+- stateful models: ``model.predict`` on the stream's whole history so far;
+- the classifier: ``model.predict`` on the frame alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from statecast.contract.manifest import load_manifest
+from statecast.contract.paths import PACKAGE_ROOT
+from statecast.export import models_cli
+from statecast.export.keras.importer import ImportOptions, ImportResult, import_keras
+from statecast.worker.loop import Worker
+from statecast.worker.routing import Route
+from tests.fixtures.kafka import consume_all, create_topic, produce
+from tests.fixtures.tiny_models import TinyModel, worker_settings
+
+pytestmark = [
+    pytest.mark.integration,
+    # Keras 3 on the torch backend trips numpy 2's __array__ copy deprecation when saving.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:keras"),
+    pytest.mark.filterwarnings("ignore::UserWarning:keras"),
+]
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+
+EXAMPLES_DIR = PACKAGE_ROOT.parent / "examples"
+NAMES = ("elec_simplernn", "elec_lstm", "stock_gru", "imdb_lstm", "fashion_cnn", "motion_td_lstm")
+STREAMS = 2
+Array = np.ndarray[Any, Any]
+
+
+def _options(name: str) -> ImportOptions:
+    cfg = json.loads((EXAMPLES_DIR / f"{name}.import.json").read_text())
+    tok = cfg.pop("tokenizer", None)
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return ImportOptions(name=name, tokenizer=PACKAGE_ROOT / tok if tok else None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, ImportResult]]:
+    root = tmp_path_factory.mktemp("examples")
+    manifest = root / "models" / "manifest.json"
+    results = {}
+    for name in NAMES:
+        sample = np.load(EXAMPLES_DIR / f"{name}.sample.npy")
+        results[name] = import_keras(
+            EXAMPLES_DIR / f"{name}.keras",
+            _options(name),
+            out_dir=root / "models" / "onnx",
+            manifest=manifest,
+            root=root,
+            sample=sample,
+        )
+    return manifest, results
+
+
+def test_every_example_imports_within_tolerance_and_verifies_without_keras(
+    imported: tuple[Path, dict[str, ImportResult]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest, results = imported
+    for name, r in results.items():
+        assert r.parity_random <= 1e-4, name
+        assert r.parity_real is not None, name
+        assert r.parity_real <= 1e-4, name
+        print(f"{name}: import {r.seconds:.1f} s, parity {r.parity_random:.2g}/{r.parity_real:.2g}")
+    entries = load_manifest(manifest)
+    assert set(entries) == set(NAMES)
+    ok = [models_cli.verify_entry(e, manifest.parent.parent, parity=True) for e in entries.values()]
+    assert ok == [[]] * len(NAMES)
+
+
+def _png(pixels: Array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _predict(model: Any, x: Array) -> Array:
+    return np.asarray(model.predict(x, verbose=0), np.float64)
+
+
+def _forecast_case(
+    name: str, r: ImportResult
+) -> tuple[list[tuple[bytes, bytes]], dict[str, list[Any]]]:
+    """Events of STREAMS real series and, per stream, Keras's expected predictions."""
+    opts = _options(name)
+    model = keras.saving.load_model(EXAMPLES_DIR / f"{name}.keras")
+    sample = np.load(EXAMPLES_DIR / f"{name}.sample.npy")[:STREAMS]
+    mean, std = np.array(opts.input_mean, np.float32), np.array(opts.input_std, np.float32)
+    z = (sample - mean) / std
+    records: list[tuple[bytes, bytes]] = []
+    expected: dict[str, list[Any]] = {}
+    window = int(r.spec.preprocess.get("window", 0))
+    for s in range(STREAMS):
+        stream = f"{name}-{s}"
+        want: list[Any] = []
+        for t in range(sample.shape[1]):
+            values = dict(zip(opts.features, (float(v) for v in sample[s, t]), strict=True))
+            records.append(
+                (stream.encode(), orjson.dumps({"stream": stream, "ts": t, "values": values}))
+            )
+            if window:
+                win = np.zeros((1, window, z.shape[2]), np.float32)
+                k = min(t + 1, window)
+                win[0, window - k :] = z[s, t + 1 - k : t + 1]
+                y = _predict(model, win)[0, 0] * opts.output_std[0] + opts.output_mean[0]
+                want.append((y, float(t + 1 < window)))
+            else:
+                y = _predict(model, z[s : s + 1, : t + 1])[0, 0]
+                want.append((y * opts.output_std[0] + opts.output_mean[0], None))
+        expected[stream] = want
+    return records, expected
+
+
+def _frames_case(name: str) -> tuple[list[tuple[bytes, bytes]], dict[str, list[Any]]]:
+    model = keras.saving.load_model(EXAMPLES_DIR / f"{name}.keras")
+    sample = np.load(EXAMPLES_DIR / f"{name}.sample.npy")
+    records: list[tuple[bytes, bytes]] = []
+    expected: dict[str, list[Any]] = {}
+    if name == "fashion_cnn":  # per frame: [N, 28, 28]
+        for s in range(STREAMS):
+            cam = f"{name}-{s}"
+            imgs = sample[s * 3 : s * 3 + 3]
+            records += [(cam.encode(), _png(img)) for img in imgs]
+            expected[cam] = list(_predict(model, imgs[..., None] / 255.0))
+        return records, expected
+    for s in range(STREAMS):  # clips: [S, T, H, W], stateful over the frames so far
+        cam = f"{name}-{s}"
+        clip = sample[s]
+        records += [(cam.encode(), _png(f)) for f in clip]
+        expected[cam] = [
+            _predict(model, clip[None, : t + 1, ..., None] / 255.0)[0] for t in range(len(clip))
+        ]
+    return records, expected
+
+
+MESSAGES = (
+    "What a wonderful, moving film. The cast is superb.",
+    "But the second half drags and the ending is a mess.",
+    "Still, I would watch it again for the music.",
+)
+
+
+def _text_case(name: str) -> tuple[list[tuple[bytes, bytes]], dict[str, list[Any]]]:
+    from tokenizers import Tokenizer
+
+    model = keras.saving.load_model(EXAMPLES_DIR / f"{name}.keras")
+    tok = Tokenizer.from_file(str(PACKAGE_ROOT / "models" / "tokenizer" / "sentiment_lstm.json"))
+    records: list[tuple[bytes, bytes]] = []
+    expected: dict[str, list[Any]] = {}
+    for s in range(STREAMS):
+        conv = f"{name}-{s}"
+        seen: list[int] = []
+        want = []
+        for i, text in enumerate(MESSAGES[s:]):
+            records.append((conv.encode(), orjson.dumps({"stream": conv, "ts": i, "text": text})))
+            seen += tok.encode(text).ids
+            want.append(_predict(model, np.array([seen], np.int64))[0, 0])
+        expected[conv] = want
+    return records, expected
+
+
+async def test_examples_serve_end_to_end_equal_to_keras_predict(
+    imported: tuple[Path, dict[str, ImportResult]],
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique: Callable[[str], str],
+) -> None:
+    manifest, results = imported
+    preds, dlq = unique("predictions"), unique("dlq")
+    cases: dict[str, tuple[list[tuple[bytes, bytes]], dict[str, list[Any]]]] = {}
+    for name in NAMES:
+        kind = results[name].spec.kind
+        if kind == "forecast":
+            cases[name] = _forecast_case(name, results[name])
+        elif kind == "sentiment":
+            cases[name] = _text_case(name)
+        else:
+            cases[name] = _frames_case(name)
+    routes = []
+    total = 0
+    for name, (records, _) in cases.items():
+        topic = unique(name)
+        await create_topic(kafka_bootstrap, topic, partitions=2)
+        await produce(kafka_bootstrap, topic, records)
+        options = {"mode": "conversation"} if results[name].spec.kind == "sentiment" else {}
+        routes.append(Route(topic, name, options))
+        total += len(records)
+    for topic in (preds, dlq):
+        await create_topic(kafka_bootstrap, topic, partitions=2)
+    model = TinyModel(
+        results[NAMES[0]].spec, manifest, manifest.parent.parent, results[NAMES[0]].onnx_path
+    )
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=model,
+        routes=routes,
+        predictions=preds,
+        dlq=dlq,
+        group=unique("group"),
+        prefix=unique("state"),
+    )
+    stats = await Worker(settings, CollectorRegistry()).run(max_records=total, idle_timeout_s=20)
+    assert stats.dead_letters == 0
+    got = await consume_all(kafka_bootstrap, preds, expected=total)
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for rec in got:
+        p = orjson.loads(rec.value)
+        by_stream.setdefault(p["stream"], []).append(p)
+    for name, (_, expected) in cases.items():
+        spec = results[name].spec
+        for stream, want in expected.items():
+            rows = sorted(by_stream[stream], key=lambda p: int(p["id"].rsplit("/", 1)[1]))
+            assert len(rows) == len(want), stream
+            for p, w in zip(rows, want, strict=True):
+                pred = p["prediction"]
+                if spec.kind == "forecast":
+                    value = pred["prediction"]
+                    value = next(iter(value.values())) if isinstance(value, dict) else value
+                    assert value == pytest.approx(w[0], abs=1e-4 * max(1.0, abs(w[0]))), stream
+                    if w[1] is not None:
+                        assert pred["warming_up"] == w[1], stream
+                elif spec.kind == "sentiment":
+                    assert pred["positive"] == pytest.approx(w, abs=1e-4), stream
+                else:
+                    probs = np.array([pred["probs"][c] for c in spec.outputs[0].fields])
+                    np.testing.assert_allclose(probs, w, atol=1e-4, err_msg=stream)
