@@ -182,11 +182,15 @@ def trajectories(
     return scale, angle, tx, ty
 
 
-def render(images: U8, scale: F64, angle: F64, tx: F64, ty: F64, canvas: int) -> F32:
+def render(
+    images: U8, scale: F64, angle: F64, tx: F64, ty: F64, canvas: int, wrap: bool = False
+) -> F32:
     """Draw each image at each pose on a ``canvas`` square: bilinear, black background.
 
     ``images`` is ``[N, h, w]``; poses are ``[N, T]``; the result is ``[N, T, canvas, canvas]``
     in 0-255. The image is centred on the canvas at scale 1 before the pose is applied.
+    With ``wrap`` the canvas is a torus: a part pushed off one edge comes back at the
+    opposite one, so any shift is valid and position alone says nothing about motion.
     """
     n, h, w = images.shape
     centre = (canvas - 1) / 2.0
@@ -194,6 +198,9 @@ def render(images: U8, scale: F64, angle: F64, tx: F64, ty: F64, canvas: int) ->
     # Inverse map: canvas point p -> image point R(-angle) (p - shift) / scale.
     px = xx[None, None] - tx[..., None, None]
     py = yy[None, None] - ty[..., None, None]
+    if wrap:
+        px = np.mod(px + canvas / 2.0, canvas) - canvas / 2.0
+        py = np.mod(py + canvas / 2.0, canvas) - canvas / 2.0
     cos, sin = np.cos(angle)[..., None, None], np.sin(angle)[..., None, None]
     sx = (cos * px + sin * py) / scale[..., None, None] + (w - 1) / 2.0
     sy = (-sin * px + cos * py) / scale[..., None, None] + (h - 1) / 2.0
