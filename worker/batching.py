@@ -34,6 +34,9 @@ class StreamWork:
     partition: int
     records: list[tuple[RawRecord, Decoded]] = field(default_factory=list)
     initial: State | None = None  # None: a zero state (new stream or reset)
+    # (partition, last applied offset) of every partition the stream used before this
+    # batch, most recent first (the offset fence's table; empty for a new stream).
+    applied: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,30 @@ No pickle: a value is readable by any language and validated before use. Layout,
 little-endian (positions 0-based)::
 
     0   4s  magic b"SCST"
-    4   B   format version (1)
+    4   B   format version (2)
     5   B   dtype code (1 = float32)
     6   B   number of state tensors n
     7   B   length L of the state version string
     8   i4  partition of the last applied input record
     12  i8  offset of the last applied input record
     20  i8  updated_ms (wall clock of the write, epoch milliseconds)
-    28  L   state version (ASCII)
+    28  B   number k of earlier partitions (0..7), then 3 zero bytes
+    32  7 x (i4 partition, i8 offset): the last applied offset of each other partition
+        the stream used, most recent first (k used, the rest zero)
+    116 L   state version (ASCII)
     ..  n x (u4 layers, u4 hidden), in the order of the model's state spec
     ..  zero padding to a multiple of 8, so the tensor bytes are aligned for numpy
     ..  the tensors' float32 bytes, concatenated in spec order, each [layers, hidden]
 
 The partition and offset sit at fixed positions so the offset fence in Lua
 (:mod:`statecast.worker.state.store`) can read them with ``struct.unpack`` without parsing the rest.
+
+Why a table of partitions and not one: a stream's records can arrive from more than one
+partition (the partition count raised mid-stream, a producer's partitioner changed). With
+only the last partition stored, a record of the other partition redelivered after a crash
+passed the fence and was applied twice. The table is bounded (``MAX_PARTITIONS`` = 8,
+least recently used dropped): a stream spread over more partitions than that loses the
+fence only for the oldest. Format 1 values (one partition) read as corrupt and reset.
 """
 
 from __future__ import annotations
@@ -34,16 +44,21 @@ import numpy.typing as npt
 from statecast.contract.spec import StateSpec
 
 MAGIC = b"SCST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPE_FLOAT32 = 1
+MAX_PARTITIONS = 8  # the last one plus up to 7 earlier ones
 # magic, format version, dtype code, tensor count, state-version length, partition, offset,
-# updated_ms.
-_FIXED = struct.Struct("<4sBBBBiqq")
+# updated_ms, count of earlier partitions (3 pad bytes follow).
+_FIXED = struct.Struct("<4sBBBBiqqB3x")
 _POSITION = struct.Struct("<iqq")
+_EARLIER = struct.Struct("<iq")
+_EARLIER_ALL = struct.Struct("<" + "iq" * (MAX_PARTITIONS - 1))
 _SHAPE = struct.Struct("<II")
-HEADER_FIXED_SIZE = _FIXED.size  # 28
+HEADER_FIXED_SIZE = _FIXED.size + _EARLIER_ALL.size  # 116
 PARTITION_POS = 8
 OFFSET_POS = 12
+EARLIER_COUNT_POS = 28
+EARLIER_POS = _FIXED.size  # 32
 _ALIGN = 8
 _F32 = np.dtype("<f4")
 
@@ -73,6 +88,41 @@ class StoredState:
     partition: int
     offset: int
     updated_ms: int
+    # (partition, last applied offset) of the other partitions the stream used, most
+    # recent first, at most MAX_PARTITIONS - 1.
+    earlier: tuple[tuple[int, int], ...] = ()
+
+    def positions(self) -> tuple[tuple[int, int], ...]:
+        """``(partition, last applied offset)`` of every partition the stream used, the
+        last applied first."""
+        return ((self.partition, self.offset), *self.earlier)
+
+    def offsets(self) -> dict[int, int]:
+        """Partition -> last applied offset, for every partition the stream used."""
+        out: dict[int, int] = {}
+        for p, o in self.positions():
+            out.setdefault(p, o)
+        return out
+
+
+def applied_after(
+    start: Sequence[tuple[int, int]], positions: Sequence[tuple[int, int]]
+) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    """``(partition, offset, earlier)`` after applying records at ``positions``
+    (``(partition, offset)`` in the order applied, at least one) to a stream whose table
+    was ``start`` (``(partition, offset)`` pairs, most recent first; empty for a new one)."""
+    latest: dict[int, int] = {}
+    for p, o in positions:
+        latest.pop(p, None)
+        latest[p] = o  # re-inserted: dict order is the order of last use
+    order = list(reversed(latest.items()))
+    seen = set(latest)
+    for p, o in start:
+        if p not in seen:
+            seen.add(p)
+            order.append((p, o))
+    (partition, offset), *rest = order
+    return partition, offset, tuple(rest[: MAX_PARTITIONS - 1])
 
 
 @dataclass(frozen=True)
@@ -135,6 +185,9 @@ class StateCodec:
             raise ValueError(
                 f"expected states {[n for n, _, _ in self._shapes]}, got {sorted(tensors)}"
             )
+        earlier = state.earlier[: MAX_PARTITIONS - 1]
+        table = [v for entry in earlier for v in entry]
+        table += [0] * (2 * (MAX_PARTITIONS - 1) - len(table))
         try:
             parts = [
                 _FIXED.pack(
@@ -146,7 +199,9 @@ class StateCodec:
                     state.partition,
                     state.offset,
                     state.updated_ms,
+                    len(earlier),
                 ),
+                _EARLIER_ALL.pack(*table),
                 self._layout,
             ]
         except struct.error as exc:
@@ -174,16 +229,22 @@ class StateCodec:
             and value[HEADER_FIXED_SIZE:start] == self._layout
         ):
             partition, offset, updated_ms = _POSITION.unpack_from(value, PARTITION_POS)
+            k = value[EARLIER_COUNT_POS]
+            if k >= MAX_PARTITIONS:
+                return _corrupt(f"{k} earlier partitions, at most {MAX_PARTITIONS - 1}")
+            earlier = tuple(
+                _EARLIER.unpack_from(value, EARLIER_POS + _EARLIER.size * j) for j in range(k)
+            )
             # np.ndarray over the bytes: a read-only view, 4x cheaper than frombuffer+reshape.
             tensors = {name: _ndarray(shape, _F32, value, pos) for name, shape, pos in self._views}
-            return _ok(tensors, partition, offset, updated_ms)
+            return _ok(tensors, partition, offset, updated_ms, earlier)
         return self._explain(value)
 
     def _explain(self, value: bytes) -> ReadResult:
         """Why a value failed the fast check: CORRUPT if unreadable, else MISMATCH."""
         if len(value) < HEADER_FIXED_SIZE:
             return _corrupt(f"{len(value)} bytes, shorter than the {HEADER_FIXED_SIZE}-byte header")
-        magic, fmt, dtype, n, vlen, _, _, _ = _FIXED.unpack_from(value)
+        magic, fmt, dtype, n, vlen, _, _, _, _ = _FIXED.unpack_from(value)
         if magic != MAGIC:
             return _corrupt(f"bad magic {magic!r}")
         if fmt != FORMAT_VERSION:
@@ -217,7 +278,13 @@ _ndarray = np.ndarray
 _new = object.__new__
 
 
-def _ok(tensors: dict[str, FloatArray], partition: int, offset: int, updated_ms: int) -> ReadResult:
+def _ok(
+    tensors: dict[str, FloatArray],
+    partition: int,
+    offset: int,
+    updated_ms: int,
+    earlier: tuple[tuple[int, int], ...],
+) -> ReadResult:
     # The read path builds two frozen dataclasses per key; filling __dict__ directly skips
     # the frozen __setattr__ guard and halves the cost. Same objects, same fields.
     state = _new(StoredState)
@@ -226,6 +293,7 @@ def _ok(tensors: dict[str, FloatArray], partition: int, offset: int, updated_ms:
     sd["partition"] = partition
     sd["offset"] = offset
     sd["updated_ms"] = updated_ms
+    sd["earlier"] = earlier
     result = _new(ReadResult)
     rd = result.__dict__
     rd["status"] = ReadStatus.OK
@@ -243,8 +311,11 @@ def _mismatch(detail: str) -> ReadResult:
 
 
 __all__ = [
+    "EARLIER_COUNT_POS",
+    "EARLIER_POS",
     "HEADER_FIXED_SIZE",
     "MAGIC",
+    "MAX_PARTITIONS",
     "MISSING_RESULT",
     "OFFSET_POS",
     "PARTITION_POS",
@@ -252,4 +323,5 @@ __all__ = [
     "ReadStatus",
     "StateCodec",
     "StoredState",
+    "applied_after",
 ]
