@@ -16,7 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from statecast.contract.spec import StateSpec
-from statecast.worker.codecs.base import Array, Codec, Decoded, RawRecord, StepInputs
+from statecast.worker.codecs.base import (
+    Array,
+    Codec,
+    Decoded,
+    Finished,
+    RawRecord,
+    StepInputs,
+    generates,
+)
 
 State = dict[str, Array]  # state name -> [layers, hidden] float32, one stream
 
@@ -93,6 +101,9 @@ def run_waves(
     flat = [flat[s] for s in order]
     states = _initial_states(state_specs, [streams[s].initial for s in order])
     preds: list[dict[str, Any] | None] = [None] * len(records)
+    # Generative codecs get each record's outputs and a copy of its state after the waves;
+    # other codecs pay nothing for this.
+    finished: list[Finished | None] | None = [None] * len(records) if generates(codec) else None
     depth = len(flat[0]) if flat else 0
     active = n
     for k in range(depth):
@@ -118,6 +129,16 @@ def run_waves(
             pred_out = {name: arr[finishing] for name, arr in pred_out.items()}
         for s, p in zip(finishing, codec.predictions(pred_out), strict=True):
             preds[wave[s][1]] = p
+        if finished is not None:
+            for i, s in enumerate(finishing):
+                raw = records[wave[s][1]][0]
+                finished[wave[s][1]] = Finished(
+                    f"{raw.topic}/{raw.partition}/{raw.offset}",
+                    {name: arr[i] for name, arr in pred_out.items()},
+                    {spec.name: states[spec.name][:, s, :].copy() for spec in state_specs},
+                )
+    if finished is not None:
+        _merge_generated(session, codec, finished, preds)
     final: list[State] = [{} for _ in range(n)]
     for pos, s in enumerate(order):
         final[s] = {spec.name: states[spec.name][:, pos, :].copy() for spec in state_specs}
@@ -128,6 +149,24 @@ def run_waves(
         final_states=final,
         waves=depth,
     )
+
+
+def _merge_generated(
+    session: StepRunner,
+    codec: Codec,
+    finished: list[Finished | None],
+    preds: list[dict[str, Any] | None],
+) -> None:
+    """One ``generate`` call for every finished record of the batch (batched across
+    streams); each result is merged into its record's prediction."""
+    done = [(rid, f) for rid, f in enumerate(finished) if f is not None]
+    if not done:
+        return
+    extra = codec.generate([f for _, f in done], session)  # type: ignore[attr-defined]
+    for (rid, _), more in zip(done, extra, strict=True):
+        pred = preds[rid]
+        if pred is not None and more:
+            preds[rid] = {**pred, **more}
 
 
 def _initial_states(

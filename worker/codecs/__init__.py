@@ -21,6 +21,8 @@ CODECS: dict[str, str] = {
     "video": "statecast.worker.codecs.frames:FrameCodec",
     # A per-frame classifier (often stateless) reads frames exactly like the video route.
     "classify": "statecast.worker.codecs.frames:FrameCodec",
+    # A next-byte text model: top-k next characters plus a seeded continuation per record.
+    "generate": "statecast.worker.codecs.generate:GenerateCodec",
 }
 
 
