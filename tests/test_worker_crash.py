@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -53,6 +54,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNED_MARK = "assigned [("
+IN_FLIGHT = re.compile(r"SIGKILL with (\d+) poll\(s\) in flight")
 CRASH_SESSION_TIMEOUT_MS = min(3000, TANSU_SESSION_TIMEOUT_MS)
 
 # -- running the worker as a child process ------------------------------------------------
@@ -141,7 +143,28 @@ def lstm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return tiny_forecast_model(tmp_path_factory.mktemp("crash-model"), seed=7)
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How the killed workers run, and which hooks kill them."""
+
+    name: str
+    checkpoint_interval_ms: int
+    hooks: tuple[str, str, str]  # after_publish, after_state_write, after_commit with counts
+
+
+MODES = (
+    # Pipelined (the default): batch N+1 is computed while N delivers, so kills land with
+    # two batches in flight; every batch writes its states and commits.
+    Mode("pipelined", 0, ("after_publish:3", "after_state_write:5", "after_commit:8")),
+    # Checkpointed: states and offsets only every 50 ms, predictions every batch; kills
+    # land between checkpoints with many published, unwritten batches (and at them).
+    Mode("checkpointed", 50, ("after_publish:6", "after_state_write:1", "after_commit:2")),
+)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 async def test_kill_9_at_many_points_then_restart(
+    mode: Mode,
     lstm: TinyModel,
     kafka_bootstrap: str,
     redis_url: str,
@@ -162,7 +185,7 @@ async def test_kill_9_at_many_points_then_restart(
         for i in range(n_slices)
     ]
     runs = await _kill_and_restart(
-        kafka_bootstrap, redis_url, lstm, topic, preds, dlq, unique, tmp_path, slices
+        kafka_bootstrap, redis_url, lstm, topic, preds, dlq, unique, tmp_path, slices, mode
     )
     duplicates = await check_outcome(
         bootstrap=kafka_bootstrap,
@@ -174,11 +197,17 @@ async def test_kill_9_at_many_points_then_restart(
         prefix=runs[0].prefix,
     )
     assert duplicates > 0, "the after_publish kill must have produced re-published predictions"
+    in_flight = [int(n) for r in runs for n in IN_FLIGHT.findall(r.log)]
+    if mode.checkpoint_interval_ms == 0:
+        # The hook reports the polls in flight when it fired: with pipelining, batch N+1
+        # is taken in (and computed) while batch N publishes, writes and commits.
+        assert any(n >= 2 for n in in_flight), in_flight
     await compare_with_fault_free_run(
         kafka_bootstrap, redis_url, lstm, topic, dlq, unique, list(series), records, runs[0].prefix
     )
     print(
-        f"\n[crash test] {len(runs) - 1} kills, {duplicates} duplicate predictions; run seconds "
+        f"\n[crash test, {mode.name}] {len(runs) - 1} kills, in flight at hooks {in_flight}, "
+        f"{duplicates} duplicate predictions; run seconds "
         + ", ".join(f"{r.label} {r.seconds:.1f}" for r in runs)
         + f" (kill seed {runs[0].seed})"
     )
@@ -251,6 +280,7 @@ async def _kill_and_restart(
     unique: Callable[[str], str],
     tmp_path: Path,
     slices: list[list[tuple[bytes, bytes]]],
+    mode: Mode,
 ) -> list[WorkerRun]:
     prefix = unique("crash")
     settings = worker_settings(
@@ -264,6 +294,7 @@ async def _kill_and_restart(
         prefix=prefix,
         # Small batches: many batches, so every kill lands mid-stream.
         max_batch_records=16,
+        checkpoint_interval_ms=mode.checkpoint_interval_ms,
     )
     # Shorter than the suite's 6 s: a SIGKILLed member stays in the group until its
     # session expires, and every restart here waits for that.
@@ -275,11 +306,11 @@ async def _kill_and_restart(
     seed = random.SystemRandom().randrange(1 << 32)
     rng = random.Random(seed)
     plan: list[tuple[str, str | None, float | None]] = [
-        ("hook after_publish:3", "after_publish:3", None),
+        (f"hook {mode.hooks[0]}", mode.hooks[0], None),
         ("random kill", None, rng.uniform(0.05, 0.4)),
-        ("hook after_state_write:5", "after_state_write:5", None),
+        (f"hook {mode.hooks[1]}", mode.hooks[1], None),
         ("random kill", None, rng.uniform(0.05, 0.4)),
-        ("hook after_commit:8", "after_commit:8", None),
+        (f"hook {mode.hooks[2]}", mode.hooks[2], None),
     ]
     runs: list[WorkerRun] = []
     assert len(slices) == len(plan) + 1

@@ -143,6 +143,25 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.state_cache_bytes = Gauge(
+            "statecast_state_cache_bytes",
+            "Estimated bytes of the stream states held in process (bounded)",
+            ["model"],
+            registry=r,
+        )
+        self.state_cache_evictions = Counter(
+            "statecast_state_cache_evictions",
+            "Cached stream states dropped: size (the byte bound, LRU) or expired (TTL)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.latency_unmeasured = Counter(
+            "statecast_event_latency_unmeasured",
+            "Predictions whose record timestamp is not a plausible send time (<= 0, over a "
+            "day old or in the future): left out of the latency histogram",
+            ["model"],
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "statecast_dependency_up", "1 when the dependency answers", ["dependency"], registry=r
         )
@@ -165,6 +184,10 @@ class WorkerMetrics:
             self.streams_cached.labels(model)
             self.state_version_mismatches.labels(model)
             self.replays_skipped.labels(model)
+            self.state_cache_bytes.labels(model)
+            self.latency_unmeasured.labels(model)
+            for reason in ("size", "expired"):
+                self.state_cache_evictions.labels(model, reason)
             for reason in RESET_REASONS:
                 self.state_resets.labels(model, reason)
         for dep in ("kafka", "redis"):

@@ -86,6 +86,8 @@ class Settings:
     dlq_topic: str = "statecast.dlq"
     state_prefix: str = "statecast"
     state_ttl_s: int = 7 * 24 * 3600
+    # Bytes of stream states kept in process (LRU); a quarter of a 1 GiB pod. 0: no cache.
+    state_cache_bytes: int = 256 * 1024 * 1024
     max_batch_records: int = 4096
     poll_timeout_ms: int = 50
     device: str = "auto"  # auto | cpu | cuda
@@ -97,6 +99,10 @@ class Settings:
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     drain_timeout_s: float = 20.0
+    # Compute batch N+1 of a route while batch N publishes, writes and commits.
+    pipeline: bool = True
+    # 0: write states and commit after every batch; else at most this often (checkpoints).
+    checkpoint_interval_ms: int = 0
     crash_at: CrashPoint | None = None
 
     @classmethod
@@ -152,6 +158,9 @@ class Settings:
             dlq_topic=e.text("STATECAST_DLQ_TOPIC", cls.dlq_topic),
             state_prefix=e.text("STATECAST_STATE_PREFIX", cls.state_prefix),
             state_ttl_s=e.integer("STATECAST_STATE_TTL_S", cls.state_ttl_s, minimum=1),
+            state_cache_bytes=e.integer(
+                "STATECAST_STATE_CACHE_BYTES", cls.state_cache_bytes, minimum=0
+            ),
             max_batch_records=e.integer("STATECAST_MAX_BATCH", cls.max_batch_records, minimum=1),
             poll_timeout_ms=e.integer("STATECAST_POLL_TIMEOUT_MS", cls.poll_timeout_ms, minimum=0),
             device=e.choice("STATECAST_DEVICE", "auto", ("auto", "cpu", "cuda")),
@@ -165,6 +174,10 @@ class Settings:
             retry_initial_s=e.number("STATECAST_RETRY_INITIAL_S", cls.retry_initial_s),
             retry_max_s=e.number("STATECAST_RETRY_MAX_S", cls.retry_max_s),
             drain_timeout_s=e.number("STATECAST_DRAIN_TIMEOUT_S", cls.drain_timeout_s),
+            pipeline=e.flag("STATECAST_PIPELINE", cls.pipeline),
+            checkpoint_interval_ms=e.integer(
+                "STATECAST_CHECKPOINT_INTERVAL_MS", cls.checkpoint_interval_ms, minimum=0
+            ),
             crash_at=_crash_point(e.opt("STATECAST_TEST_CRASH_AT")),
         )
 
@@ -204,6 +217,7 @@ class Settings:
             "STATECAST_DLQ_TOPIC": self.dlq_topic,
             "STATECAST_STATE_PREFIX": self.state_prefix,
             "STATECAST_STATE_TTL_S": str(self.state_ttl_s),
+            "STATECAST_STATE_CACHE_BYTES": str(self.state_cache_bytes),
             "STATECAST_MAX_BATCH": str(self.max_batch_records),
             "STATECAST_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
             "STATECAST_DEVICE": self.device,
@@ -215,6 +229,8 @@ class Settings:
             "STATECAST_RETRY_INITIAL_S": repr(self.retry_initial_s),
             "STATECAST_RETRY_MAX_S": repr(self.retry_max_s),
             "STATECAST_DRAIN_TIMEOUT_S": repr(self.drain_timeout_s),
+            "STATECAST_PIPELINE": "1" if self.pipeline else "0",
+            "STATECAST_CHECKPOINT_INTERVAL_MS": str(self.checkpoint_interval_ms),
             "STATECAST_TEST_CRASH_AT": (
                 f"{self.crash_at.stage}:{self.crash_at.n}" if self.crash_at else None
             ),

@@ -148,8 +148,8 @@ class StateCodec:
     """
 
     def __init__(self, spec_states: Sequence[StateSpec], state_version: str) -> None:
-        if not spec_states:
-            raise ValueError("a state codec needs at least one state tensor")
+        # No tensors is valid (a stateless model, e.g. a per-frame classifier): the value is
+        # then the header alone, which still records the stream's last applied offset.
         if len(spec_states) > 255:
             raise ValueError("at most 255 state tensors")
         for s in spec_states:
