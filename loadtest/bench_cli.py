@@ -36,6 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-seconds", type=float, default=None)
     parser.add_argument("--naive-events", type=int, default=None)
     parser.add_argument("--latency-seconds", type=float, default=None)
+    parser.add_argument(
+        "--rates",
+        default=None,
+        help="fixed offered rates for the latency phases, comma-separated events/s "
+        "(default 5000,10000,20000; '' for none)",
+    )
+    parser.add_argument(
+        "--no-pipeline", action="store_true", help="the worker runs one batch at a time"
+    )
+    parser.add_argument(
+        "--checkpoint-interval-ms",
+        type=int,
+        default=None,
+        help="the worker's STATECAST_CHECKPOINT_INTERVAL_MS (default 0: every batch)",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--manifest", type=Path, default=None)
@@ -59,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         "workers": args.workers,
         "skip_naive": args.skip_naive,
         "pin": not args.no_pin,
+        "pipeline": not args.no_pipeline,
     }
     for name in (
         "events",
@@ -67,12 +83,15 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         "naive_seconds",
         "naive_events",
         "latency_seconds",
+        "checkpoint_interval_ms",
         "manifest",
         "workdir",
     ):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    if args.rates is not None:
+        overrides["rates"] = tuple(float(r) for r in args.rates.split(",") if r.strip())
     if args.use_stack:
         overrides["stack"] = StackConfig.from_env(DEFAULT_DIR)
     return replace(base, **overrides)  # type: ignore[arg-type]

@@ -11,8 +11,9 @@ loudly instead of vanishing from the report. It talks on stdout, one JSON line e
   SIGTERM-initiated stop: records, predictions, CPU seconds since assignment and the
   seconds spent in each stage.
 
-Stages: :data:`statecast.worker.metrics.STAGES`, plus ``other`` (batch handling outside
-every stage) and ``record_to_ack_p99_ms`` from ``statecast_event_latency_seconds``.
+Stages: :data:`statecast.worker.metrics.STAGES`; ``latency_buckets`` are the cumulative
+buckets of ``statecast_event_latency_seconds`` (record timestamp to acked prediction), from
+which the bench takes the worker's own p99 over one phase.
 """
 
 from __future__ import annotations
@@ -38,15 +39,20 @@ def _sum_samples(registry: Any, name: str) -> float:
     return total
 
 
-def histogram_quantile(registry: Any, name: str, q: float) -> float | None:
-    """The ``q`` quantile of a histogram (all label sets together), interpolated inside its
-    bucket as Prometheus' ``histogram_quantile`` does; None when it is empty."""
+def histogram_buckets(registry: Any, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram, all label sets together: ``{le: count}``."""
     buckets: dict[float, float] = {}
     for metric in registry.collect():
         for sample in metric.samples:
             if sample.name == name + "_bucket":
                 le = float(sample.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+    return buckets
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The ``q`` quantile of cumulative ``{le: count}`` buckets, interpolated inside its
+    bucket as Prometheus' ``histogram_quantile`` does; None when empty."""
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] <= 0:
         return None
@@ -89,7 +95,8 @@ async def serve() -> int:
         registry = worker.metrics.registry
         timer = worker.stages
         cpu0 = cpu_at_assign[0] if cpu_at_assign else 0.0
-        p99 = histogram_quantile(registry, "statecast_event_latency_seconds", 0.99)
+        latency = histogram_buckets(registry, "statecast_event_latency_seconds")
+        p99 = histogram_quantile(latency, 0.99)
         _emit(
             {
                 "event": event,
@@ -101,9 +108,12 @@ async def serve() -> int:
                 "busy_s": worker.stats.busy_s,
                 "cpu_s": time.process_time() - cpu0,
                 "last_batch_wall": worker.stats.last_batch_wall,
-                "stages_s": with_other(timer.wall_s, worker.stats.busy_s),
+                "stages_s": dict(timer.wall_s),
                 "stages_cpu_s": dict(timer.cpu_s),
                 "record_to_ack_p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+                # Cumulative (the bench takes the difference over one phase); bounds as text
+                # because JSON has no infinity.
+                "latency_buckets": [[str(le), n] for le, n in sorted(latency.items())],
             }
         )
 
@@ -114,13 +124,6 @@ async def serve() -> int:
     await worker.run()
     report("final")
     return 0
-
-
-def with_other(stages: dict[str, float], busy_s: float) -> dict[str, float]:
-    """The stage times plus ``other``: batch time outside every stage (poll is outside
-    the batch)."""
-    inside = sum(v for k, v in stages.items() if k != "poll")
-    return dict(stages) | {"other": max(busy_s - inside, 0.0)}
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ def test_tiny_bench_prints_one_json_object_with_the_keys(
             "3",
             "--latency-seconds",
             "2",
+            "--rates",
+            "400",
             "--workdir",
             str(tmp_path / "bench"),
         ]
@@ -83,5 +85,18 @@ def test_tiny_bench_prints_one_json_object_with_the_keys(
     assert latency["matched"] == latency["sent"] > 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= latency["max_ms"]
     assert result["machine"]["cores"] >= 1
-    assert set(result["targets"]) == {"statecast_eps>=35000", "ratio>=30", "p99_ms<=50"}
+    assert set(result["targets"]) == {
+        "statecast_eps>=35000",
+        "ratio>=30",
+        "cpu_us_per_event<=16.8",
+        "p99_ms<=50",
+        "p99_ms<=50@10000eps",
+    }
+    (fixed,) = result["fixed_rate"]
+    assert fixed["offered_eps"] == 400
+    assert fixed["matched"] == fixed["sent"] > 0
+    # The worker's own record-to-ack p99 comes from its histogram over the same phase.
+    assert fixed["worker_p99_ms"] is not None
+    assert fixed["worker_p99_ms"] > 0
+    assert fixed["core_use"]["workers"] > 0
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
