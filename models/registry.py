@@ -58,6 +58,12 @@ RECIPES: dict[str, ModelRecipe] = {
         export="statecast.export.video_export:export_video_lstm",
         parity="statecast.export.video_export:parity_video_lstm",
     ),
+    "frame_cnn": ModelRecipe(
+        name="frame_cnn",
+        train="statecast.export.keras.frame_cnn:train",
+        export="statecast.export.keras.frame_cnn:export",
+        parity="statecast.export.keras.frame_cnn:parity",
+    ),
     "sentiment_lstm": ModelRecipe(
         name="sentiment_lstm",
         train="statecast.models.sentiment_train:train_sentiment_lstm",
