@@ -158,3 +158,151 @@ class SentimentStep(nn.Module):
 def zero_state(config: SentimentConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (1, batch, config.hidden)
     return torch.zeros(shape), torch.zeros(shape)
+
+
+# -- version 2: the LSTM plus a running hashed n-gram term ------------------------------
+#
+# An incremental NBSVM-style linear model runs beside the LSTM: every token adds the learned
+# weight of its unigram, of the bigram it ends and of the trigram it ends to a running sum.
+# Bigram and trigram ids are hashed from the token ids with int64 arithmetic, in numpy for
+# training (statecast.models.sentiment_ngram) and inside the step graph for serving, by the
+# one formula below. The step state carries the sum, the token count and the last two token
+# ids (as float32: ids < 2**24 are exact), so n-grams across chunk and message borders
+# count exactly as in the whole text. Token id 0 in a "previous" slot means "no token yet".
+
+BIGRAM_MULT = (7919, 104729)  # (previous, current)
+TRIGRAM_MULT = (15485863, 7919, 104729)  # (second previous, previous, current)
+NGRAM_STATE = 4  # sum, count, second previous token, previous token
+
+
+def bigram_bucket(p1: Any, t: Any, buckets: int) -> Any:
+    """Hashed bigram id; works on numpy arrays and torch tensors of int64 alike."""
+    return (p1 * BIGRAM_MULT[0] + t * BIGRAM_MULT[1]) % buckets
+
+
+def trigram_bucket(p2: Any, p1: Any, t: Any, buckets: int) -> Any:
+    return (p2 * TRIGRAM_MULT[0] + p1 * TRIGRAM_MULT[1] + t * TRIGRAM_MULT[2]) % buckets
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """The LSTM's config plus the n-gram term's table sizes and length exponent."""
+
+    lstm: SentimentConfig
+    buckets: int = 1_048_573  # a prime: hashed bigram and trigram tables, each this long
+    alpha: float = 0.5  # n-gram logit = sum / count**alpha + bias
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lstm": self.lstm.to_dict(), "buckets": self.buckets, "alpha": self.alpha}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HybridConfig:
+        return cls(
+            lstm=SentimentConfig.from_dict(dict(d["lstm"])),
+            buckets=int(d["buckets"]),
+            alpha=float(d["alpha"]),
+        )
+
+
+class HashedNgrams(nn.Module):
+    """The running n-gram term: weights looked up per token, summed into the state."""
+
+    uni: torch.Tensor
+    bi: torch.Tensor
+    tri: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, vocab_size: int, buckets: int, alpha: float) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.alpha = alpha
+        self.register_buffer("uni", torch.zeros(vocab_size))
+        self.register_buffer("bi", torch.zeros(buckets))
+        self.register_buffer("tri", torch.zeros(buckets))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def advance(self, x: torch.Tensor, lengths: torch.Tensor, ng: torch.Tensor) -> torch.Tensor:
+        """The state ``[1, B, 4]`` after each row's first ``lengths[b]`` tokens of ``x``."""
+        s, n, p2, p1 = ng[0].unbind(-1)
+        t_len = x.shape[1]
+        # Row b's tokens with its two previous ones in front: [p2, p1, x_0, x_1, ...].
+        seq = torch.cat([p2.long().unsqueeze(1), p1.long().unsqueeze(1), x], dim=1)
+        q2, q1 = seq[:, :t_len], seq[:, 1 : t_len + 1]
+        w = (
+            self.uni[x]
+            + self.bi[bigram_bucket(q1, x, self.buckets)] * (q1 != 0).float()
+            + self.tri[trigram_bucket(q2, q1, x, self.buckets)] * (q2 != 0).float()
+        )
+        live = (torch.arange(t_len).unsqueeze(0) < lengths.unsqueeze(1)).float()
+        s_new = s + (w * live).sum(dim=1)
+        n_new = n + lengths.float()
+        # Valid tokens are left-aligned, so the last two sit at seq[lengths+1], seq[lengths];
+        # a row of length 0 picks its old p1, p2 again.
+        last1 = seq.gather(1, (lengths + 1).unsqueeze(1)).squeeze(1).float()
+        last2 = seq.gather(1, lengths.unsqueeze(1)).squeeze(1).float()
+        return torch.stack([s_new, n_new, last2, last1], dim=-1).unsqueeze(0)
+
+    def logit(self, ng: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the running sum normalised by (token count) ** alpha, plus the bias."""
+        s, n = ng[0, :, 0], ng[0, :, 1]
+        return s / torch.clamp(n, min=1.0) ** self.alpha + self.bias
+
+    def zero_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(1, batch, NGRAM_STATE)
+
+
+class SentimentHybrid(nn.Module):
+    """LSTM logit and n-gram logit, mixed and tempered: ``(l*z_lstm + (1-l)*z_ngram) / T``.
+
+    ``forward`` reads whole padded texts (the reference for parity and evaluation); the
+    mix weight ``l`` and temperature ``T`` are fitted on validation after both parts.
+    """
+
+    mix: torch.Tensor
+    temperature: torch.Tensor
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.lstm = SentimentLSTM(config.lstm)
+        self.ngrams = HashedNgrams(config.lstm.vocab_size, config.buckets, config.alpha)
+        self.register_buffer("mix", torch.tensor(0.5))
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def parts(
+        self, tokens: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_lstm, z_ngram)`` ``[B]`` for whole padded texts."""
+        z_lstm = self.lstm(tokens, lengths)
+        ng = self.ngrams.advance(tokens, lengths, self.ngrams.zero_state(tokens.shape[0]))
+        return z_lstm, self.ngrams.logit(ng)
+
+    def combine(self, z_lstm: torch.Tensor, z_ngram: torch.Tensor) -> torch.Tensor:
+        return (self.mix * z_lstm + (1 - self.mix) * z_ngram) / self.temperature
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.combine(*self.parts(tokens, lengths))
+
+
+class HybridStep(nn.Module):
+    """``(x, lengths, h, c, ngram) -> (positive [B,1], h', c', ngram')`` for serving."""
+
+    def __init__(self, model: SentimentHybrid) -> None:
+        super().__init__()
+        self.lstm_step = SentimentStep(model.lstm)
+        self.ngrams = model.ngrams
+        self.model = model
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        ng: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, h_out, c_out = self.lstm_step(x, lengths, h, c)
+        z_lstm = self.lstm_step.head(h_out[-1]).squeeze(-1)
+        ng_out = self.ngrams.advance(x, lengths, ng)
+        positive = torch.sigmoid(self.model.combine(z_lstm, self.ngrams.logit(ng_out)))
+        return positive.unsqueeze(-1), h_out, c_out, ng_out
