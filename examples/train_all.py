@@ -35,7 +35,9 @@ Array = np.ndarray[Any, Any]
 
 
 def _save(name: str, model: Any, options: dict[str, Any], sample: Array) -> None:
-    model.save(HERE / f"{name}.keras")
+    from statecast.export.keras.frame_cnn import save_weights_only_model
+
+    save_weights_only_model(model, HERE / f"{name}.keras")
     (HERE / f"{name}.import.json").write_text(json.dumps(options, indent=2) + "\n")
     np.save(HERE / f"{name}.sample.npy", sample)
 
@@ -106,30 +108,30 @@ def elec_lstm() -> dict[str, float]:
 
 
 def stock_gru() -> dict[str, float]:
-    """A GRU over daily log returns (x100) of AAPL, predicting the next day's squared return
+    """A GRU over daily log returns (x100) of AAPL, predicting the next day's absolute return
     (a volatility proxy); served stateful, so its state runs over the whole price history."""
     from statecast.models.datasets import load_stock_prices
 
     r = load_stock_prices(["AAPL"])["AAPL"]["log_return"].to_numpy(np.float64)[1:] * 100.0
     n_train = int(len(r) * 0.8)
     w = 30
-    x, y = _windows(r[:, None], (r**2)[:, None], w)
+    x, y = _windows(r[:, None], np.abs(r)[:, None], w)
     mean, std = float(r[:n_train].mean()), float(r[:n_train].std())
-    y_mean, y_std = float((r[:n_train] ** 2).mean()), float((r[:n_train] ** 2).std())
+    y_mean, y_std = float(np.abs(r[:n_train]).mean()), float(np.abs(r[:n_train]).std())
     xz = (x - mean) / std
     yz = (y - y_mean) / y_std
     model = keras.Sequential([keras.Input((None, 1)), L.GRU(16), L.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
-    model.fit(xz[: n_train - w], yz[: n_train - w], epochs=3, batch_size=64, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mae")
+    model.fit(xz[: n_train - w], yz[: n_train - w], epochs=20, batch_size=64, verbose=0)
     te = slice(n_train, None)
     pred = model.predict(xz[te], verbose=0)[:, 0] * y_std + y_mean
     truth = y[te][:, 0]
-    hist = (x[te][:, :, 0] ** 2).mean(1)  # baseline: mean squared return of the window
+    hist = np.abs(x[te][:, :, 0]).mean(1)  # baseline: mean absolute return of the window
     options = {
         "kind": "forecast",
         "mode": "stateful",
         "features": ["log_return_pct"],
-        "targets": ["squared_return_next"],
+        "targets": ["abs_return_next_pct"],
         "input_mean": [mean],
         "input_std": [std],
         "output_mean": [y_mean],
@@ -138,8 +140,8 @@ def stock_gru() -> dict[str, float]:
     sample = r[n_train : n_train + 4 * 25].reshape(4, 25, 1).astype(np.float32)
     _save("stock_gru", model, options, sample)
     return {
-        "test_mse": float(((pred - truth) ** 2).mean()),
-        "window_mean_mse": float(((hist - truth) ** 2).mean()),
+        "test_mae": float(np.abs(pred - truth).mean()),
+        "window_mean_mae": float(np.abs(hist - truth).mean()),
     }
 
 
@@ -176,9 +178,10 @@ def imdb_lstm() -> dict[str, float]:
     model.compile(optimizer=keras.optimizers.Adam(5e-3), loss="binary_crossentropy")
     model.fit(x_tr, y_tr, epochs=2, batch_size=64, verbose=0)
     acc = float(((model.predict(x_te, verbose=0)[:, 0] >= 0.5) == (y_te == 1)).mean())
-    # Real sample: 4 held-out reviews' ids (right-padded with 0, as the importer expects).
-    ids = encode_texts(tok, te["text"].tolist()[:4])
-    sample = np.zeros((4, max(len(i) for i in ids)), np.int64)
+    # Real sample: the first 100 ids of 3 held-out reviews (right-padded with 0, as the
+    # importer expects); short, so the parity check at import stays quick.
+    ids = [i[:100] for i in encode_texts(tok, te["text"].tolist()[:3])]
+    sample = np.zeros((3, max(len(i) for i in ids)), np.int64)
     for i, row in enumerate(ids):
         sample[i, : len(row)] = row
     options = {

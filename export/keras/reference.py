@@ -183,9 +183,23 @@ def _tokens(
             x[i, : len(p)] = p
             seen[i] += len(p)
         steps.append({"x": x, "lengths": lengths})
-        probs = [
-            _out(plan, predict(np.asarray(r[: seen[i]], np.int64)[None]))
-            for i, r in enumerate(rows)
-        ]
-        expected.append({"positive": np.concatenate(probs).astype(np.float32)})
+        expected.append({"positive": _prefix_outputs(plan, predict, rows, seen)})
     return Reference(steps, expected)
+
+
+def _prefix_outputs(plan: Plan, predict: Predict, rows: list[Array], seen: list[int]) -> Array:
+    """Keras on each row's tokens so far. With ``mask_zero`` one call: zeros padded in
+    front are masked, so they change nothing; otherwise one call per row."""
+    blocks = getattr(getattr(plan.step, "chain", None), "blocks", [])
+    emb = next(b for b in blocks if isinstance(b, Embedding))
+    if emb.mask_zero:
+        width = max(seen)
+        batch = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            batch[i, width - seen[i] :] = r[: seen[i]]
+        return _out(plan, predict(batch)).astype(np.float32)
+    probs = [
+        _out(plan, predict(np.asarray(r[:n], np.int64)[None]))
+        for r, n in zip(rows, seen, strict=True)
+    ]
+    return np.concatenate(probs).astype(np.float32)
