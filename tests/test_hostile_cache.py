@@ -15,7 +15,9 @@ from statecast.worker.state.codec import StoredState
 pytestmark = pytest.mark.unit
 
 
-def st(partition: int = 0, updated_ms: int = 1_000, earlier: tuple = ()) -> StoredState:
+def st(
+    partition: int = 0, updated_ms: int = 1_000, earlier: tuple[tuple[int, int], ...] = ()
+) -> StoredState:
     tensors = {n: np.zeros((1, 48), np.float32) for n in ("h", "c")}
     return StoredState(tensors, partition, 1, updated_ms, earlier)
 

@@ -38,7 +38,9 @@ SPECS = (StateSpec("h", 1, 4),)
 VERSION = "s0fence"
 
 
-def state(value: float, partition: int, offset: int, earlier: tuple = ()) -> StoredState:
+def state(
+    value: float, partition: int, offset: int, earlier: tuple[tuple[int, int], ...] = ()
+) -> StoredState:
     tensors = {"h": np.full((1, 4), value, np.float32)}
     return StoredState(tensors, partition, offset, int(time.time() * 1000), tuple(earlier))
 

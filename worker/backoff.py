@@ -18,6 +18,7 @@ from typing import TypeVar
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from statecast.worker.errors import is_outage
 from statecast.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,28 @@ class Retrier:
         self._initial_s = initial_s
         self._max_s = max_s
 
-    async def call(self, watch: DependencyWatch, stage: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(
+        self,
+        watch: DependencyWatch,
+        stage: str,
+        fn: Callable[[], Awaitable[T]],
+        isolate: bool = False,
+    ) -> T:
+        """``fn()``, retried with backoff while it fails with a dependency error.
+
+        ``isolate``: the stage can blame a record (publish, state read/write), so only
+        connection-class errors (:func:`statecast.worker.errors.is_outage`) are retried; any
+        other error is raised for the caller to dead-letter or reset what caused it.
+        Retrying it would loop forever on the same record and report an outage while the
+        dependency is up."""
         delay = self._initial_s
         while True:
             try:
                 result = await fn()
             except RETRYABLE as exc:
+                if isolate and not is_outage(exc):
+                    self._metrics.errors.labels(stage).inc()
+                    raise
                 self._metrics.errors.labels(stage).inc()
                 watch.failed(stage, exc)
                 await asyncio.sleep(delay)

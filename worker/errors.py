@@ -61,6 +61,10 @@ _REDIS_OUTAGE: tuple[type[BaseException], ...] = (
     redis_errors.MasterDownError,
     redis_errors.ReadOnlyError,  # a replica promoted away under us
     redis_errors.SlotNotCoveredError,
+    # Redis is full (maxmemory) or stuck in a long script: every write would fail alike,
+    # so blaming the record at hand would dead-letter or reset everything.
+    redis_errors.OutOfMemoryError,
+    redis_errors.BusyLoadingError,
 )
 
 # Operating-system and asyncio failures of the socket itself.

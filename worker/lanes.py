@@ -46,9 +46,16 @@ import numpy as np
 from aiokafka import TopicPartition
 
 from statecast.worker.backoff import DependencyWatch, Retrier
-from statecast.worker.batching import StreamWork, group_by_stream, run_waves
+from statecast.worker.batching import StreamWork, group_by_stream
 from statecast.worker.codecs.base import Array, Decoded, RawRecord, Rejected
-from statecast.worker.messages import DeadLetter, dead_letter_message, prediction_messages
+from statecast.worker.isolation import (
+    compute_isolating,
+    decode_isolating,
+    publish_dead_letters,
+    publish_isolating,
+    unpublishable,
+)
+from statecast.worker.messages import DeadLetter
 from statecast.worker.metrics import StageTimer, WorkerMetrics, observe_many
 from statecast.worker.publisher import OutMessage, Publisher
 from statecast.worker.served import ServedModel
@@ -231,7 +238,10 @@ class Lane:
             computed = _Computed(polled, works, [], [], [], {})
             if works:
                 await loop.run_in_executor(self._executor, self._compute, computed)
-                computed.items = self.route.states.advance(works, computed.final_states, now_ms)
+                # Only the streams that completed cleanly advance (hostile-input isolation).
+                computed.items = self.route.states.advance(
+                    computed.works, computed.final_states, now_ms
+                )
             self._ctx.on_busy(time.monotonic() - t0)
             await self._handoff.put(computed)
             if not self._ctx.settings.pipeline:
@@ -242,7 +252,8 @@ class Lane:
         with self._ctx.stages.stage("decode"):
             route = self.route
             accepted: list[tuple[RawRecord, Decoded]] = []
-            for raw, res in zip(polled.raws, route.served.codec.decode(polled.raws), strict=True):
+            decoded = decode_isolating(route.served.codec, polled.raws)
+            for raw, res in zip(polled.raws, decoded, strict=True):
                 if type(res) is Decoded:
                     accepted.append((raw, res))
                 else:
@@ -265,19 +276,27 @@ class Lane:
         session = route.session
         t0, c0 = time.perf_counter(), time.thread_time()
         inf_wall, inf_cpu = session.wall_s, session.cpu_s
-        outcome = run_waves(session, route.served.codec, route.served.spec.states, computed.works)
+        # Waves, output screening and encoding, with a failure isolated to its stream
+        # (worker/isolation.py); the encoding time is inside "waves" here.
+        outcome = compute_isolating(
+            session,
+            route.served.codec,
+            route.served.spec.states,
+            computed.works,
+            route.served.spec.ref,
+            lambda: int(time.time() * 1000),
+        )
         timer.add(
             "waves",
             time.perf_counter() - t0 - (session.wall_s - inf_wall),
             time.thread_time() - c0 - (session.cpu_s - inf_cpu),
         )
         self._ctx.metrics.waves_per_batch.observe(outcome.waves)
+        computed.works = outcome.works
         computed.final_states = outcome.final_states
         computed.predictions = outcome.predictions
-        with timer.stage("encode"):
-            computed.messages = prediction_messages(
-                route.served.spec.ref, outcome.predictions, int(time.time() * 1000)
-            )
+        computed.messages = outcome.messages
+        computed.polled.dead.extend(outcome.dead)
 
     # -- deliver: step 6 ----------------------------------------------------------------
 
@@ -307,16 +326,31 @@ class Lane:
     async def _deliver(self, computed: _Computed) -> None:
         ctx = self._ctx
         s = ctx.settings
-        dead_msgs = [dead_letter_message(d) for d in computed.polled.dead]
 
-        async def publish() -> None:
-            await asyncio.gather(
-                ctx.publisher.publish(s.predictions_topic, computed.messages),
-                ctx.publisher.publish(s.dlq_topic, dead_msgs),
+        async def publish() -> list[tuple[int, BaseException]]:
+            refused, _ = await asyncio.gather(
+                publish_isolating(ctx.publisher, s.predictions_topic, computed.messages),
+                publish_dead_letters(ctx.publisher, s.dlq_topic, computed.polled.dead),
             )
+            return refused
 
         with ctx.stages.stage("publish"):
-            await ctx.retrier.call(ctx.kafka, "publish", publish)
+            refused = await ctx.retrier.call(ctx.kafka, "publish", publish, isolate=True)
+            if refused:
+                # Predictions the broker refused for themselves (too large): dead letters.
+                extra = unpublishable(computed.predictions, refused)
+                await ctx.retrier.call(
+                    ctx.kafka,
+                    "publish",
+                    lambda: publish_dead_letters(ctx.publisher, s.dlq_topic, extra),
+                    isolate=True,
+                )
+                gone = {i for i, _ in refused}
+                computed.messages = [m for i, m in enumerate(computed.messages) if i not in gone]
+                computed.predictions = [
+                    p for i, p in enumerate(computed.predictions) if i not in gone
+                ]
+                computed.polled.dead.extend(extra)
         with ctx.stages.stage("metrics"):
             self._count_published(computed)
         ctx.crash_point("after_publish")

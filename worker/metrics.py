@@ -64,7 +64,7 @@ STAGES = (
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
 WAVE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)
-RESET_REASONS = ("missing", "mismatch", "corrupt", "expired", "wrong_type")
+RESET_REASONS = ("missing", "mismatch", "corrupt", "expired", "wrong_type", "unwritable")
 
 
 class WorkerMetrics:

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from statecast.worker.backoff import DependencyWatch, Retrier
 from statecast.worker.batching import State, StreamWork
@@ -31,7 +32,7 @@ from statecast.worker.messages import REASON_STATE_MISMATCH, DeadLetter
 from statecast.worker.metrics import WorkerMetrics
 from statecast.worker.state.cache import StateCache
 from statecast.worker.state.codec import ReadStatus, StoredState, applied_after
-from statecast.worker.state.store import StateStore, state_key
+from statecast.worker.state.store import StateStore, WriteResult, state_key
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,16 @@ class StreamStates:
         if not items:
             return
         t0 = time.perf_counter()
-        written = await self._retrier.call(
-            self._redis,
-            "redis_write",
-            lambda: self.store.write_many_detailed(list(items.items())),
-        )
+        try:
+            written = await self._retrier.call(
+                self._redis,
+                "redis_write",
+                lambda: self.store.write_many_detailed(list(items.items())),
+                isolate=True,
+            )
+            failed: set[str] = set()
+        except Exception as exc:  # an answer about some value, not an outage
+            written, failed = await self._save_one_by_one(items, exc)
         self._metrics.redis_seconds.labels("write").observe(time.perf_counter() - t0)
         if written.replaced:
             # A key of another Redis type (not written by us): replaced, the stream reset.
@@ -169,13 +175,39 @@ class StreamStates:
             if pending.get(key) is state:
                 # A later batch may have advanced the stream meanwhile: it stays pending.
                 del pending[key]
-            if key in fenced:
-                # Another owner stored a later offset: ours (and anything newer) is stale.
+            if key in fenced or key in failed:
+                # Another owner stored a later offset, or Redis refused this value: what
+                # we hold (and anything newer) is not what Redis holds. The next batch of
+                # the stream reads Redis again.
                 self.cache.discard(key)
                 pending.pop(key, None)
             else:
                 self.cache.put(key, state, state.updated_ms)  # what Redis holds now
         self._cache_metrics()
+
+    async def _save_one_by_one(
+        self, items: Items, exc: BaseException
+    ) -> tuple[WriteResult, set[str]]:
+        """The batch write failed with an error that is not an outage: write each state on
+        its own so one refused value costs only its own stream (counted, logged)."""
+        log.error("state write failed for a batch (%s: %s): one by one", type(exc).__name__, exc)
+        out, failed = WriteResult([], []), set()
+        for key, state in items.items():
+            try:
+                one = await self._retrier.call(
+                    self._redis,
+                    "redis_write",
+                    partial(self.store.write_many_detailed, [(key, state)]),
+                    isolate=True,
+                )
+            except Exception as one_exc:
+                log.error("state of %r not written: %s: %s", key, type(one_exc).__name__, one_exc)
+                self._metrics.state_resets.labels(self.model, "unwritable").inc()
+                failed.add(key)
+                continue
+            out.skipped.extend(one.skipped)
+            out.replaced.extend(one.replaced)
+        return out, failed
 
     def _cache_metrics(self) -> None:
         cache, m, model = self.cache, self._metrics, self.model
