@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -47,23 +47,41 @@ class RedisSettings:
         """One log line, secrets masked."""
         return (
             f"url={mask_url(self.url)} cluster={self.cluster} "
-            f"auth={'yes' if self.password or urlsplit(self.url).password else 'no'} "
+            f"auth={'yes' if self.password or url_has_password(self.url) else 'no'} "
             f"tls={self.tls or self.url.startswith('rediss://')} "
             f"timeouts={self.socket_connect_timeout_s}/{self.socket_timeout_s}s "
             f"retries={self.retries}"
         )
 
 
-def mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``, for logs."""
+# redis-py's from_url also reads credentials from the query string
+# (``redis://host/0?password=secret``): those are secrets in a URL too.
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token"})
+
+
+def url_has_password(url: str) -> bool:
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        return True
+    return any(k.lower() in _SECRET_PARAMS and v for k, v in parse_qsl(parts.query, True))
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host/0?password=secret`` -> ``redis://user:***@host/0?password=***``,
+    for logs."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+            masked = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
+            parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def _retry(settings: RedisSettings) -> Retry:
