@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-events", type=int, default=None)
     parser.add_argument("--latency-seconds", type=float, default=None)
     parser.add_argument(
+        "--drain-timeout", type=float, default=None, help="seconds allowed to drain the backlog"
+    )
+    parser.add_argument(
         "--rates",
         default=None,
         help="fixed offered rates for the latency phases, comma-separated events/s "
@@ -90,6 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    if args.drain_timeout is not None:
+        overrides["drain_timeout_s"] = args.drain_timeout
     if args.rates is not None:
         overrides["rates"] = tuple(float(r) for r in args.rates.split(",") if r.strip())
     if args.use_stack:
