@@ -39,12 +39,18 @@ def _sum_samples(registry: Any, name: str) -> float:
     return total
 
 
-def histogram_buckets(registry: Any, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of a histogram, all label sets together: ``{le: count}``."""
+def histogram_buckets(
+    registry: Any, name: str, labels: dict[str, str] | None = None
+) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram: ``{le: count}``, over the label sets that
+    match ``labels`` (all of them when None)."""
+    want = labels or {}
     buckets: dict[float, float] = {}
     for metric in registry.collect():
         for sample in metric.samples:
-            if sample.name == name + "_bucket":
+            if sample.name == name + "_bucket" and all(
+                sample.labels.get(k) == v for k, v in want.items()
+            ):
                 le = float(sample.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + float(sample.value)
     return buckets
@@ -114,6 +120,17 @@ async def serve() -> int:
                 # Cumulative (the bench takes the difference over one phase); bounds as text
                 # because JSON has no infinity.
                 "latency_buckets": [[str(le), n] for le, n in sorted(latency.items())],
+                "latency_buckets_by_model": {
+                    model: [
+                        [str(le), n]
+                        for le, n in sorted(
+                            histogram_buckets(
+                                registry, "statecast_event_latency_seconds", {"model": model}
+                            ).items()
+                        )
+                    ]
+                    for model in {r.model for r in worker.settings.routes}
+                },
             }
         )
 
