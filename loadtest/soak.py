@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -166,6 +167,12 @@ def _stop_line(log_path: Path) -> str:
         if "STATECAST_TEST_CRASH_AT=" in line or "stopped:" in line:
             return line.split(" ", 3)[-1][:200]
     return "killed from outside" if log_path.exists() else ""
+
+
+def _replays(log_path: Path) -> int:
+    """Records the offset fence skipped in a run that stopped cleanly (its stop line)."""
+    found = re.search(r"(\d+) replays skipped", log_path.read_text(errors="replace"))
+    return int(found.group(1)) if found else 0
 
 
 def _assigned(log_path: Path) -> bool:
@@ -437,6 +444,7 @@ async def run_soak(cfg: SoakConfig) -> dict[str, Any]:
         "outcomes": dict(outcome_counts),
         "predictions_read": len(pred_msgs),
         "duplicate_predictions": duplicates,
+        "replays_skipped_final_run": _replays(runs[-1].log),
         "dead_letters_read": len(dead_msgs),
         "streams_checked": streams_checked,
         "state_atol": STATE_ATOL,
