@@ -291,7 +291,7 @@ class Worker:
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = set(assigned)
-        self._paused &= self._assigned
+        self._paused = set()  # a new assignment starts unpaused
         if assigned:
             self.kafka.ok()
             if self.stats.assigned_at is None:
