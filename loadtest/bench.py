@@ -369,6 +369,7 @@ async def _statecast_phases(
     per_event_cpu = {k: round(v / max(records, 1) * 1e6, 2) for k, v in stages_cpu.items()}
     busy = {k: v for k, v in per_event_cpu.items() if k != "poll"}
     out: dict[str, Any] = {
+        "worker_max_rss_mib": max(float(s.get("max_rss_mib", 0.0)) for s in snaps),
         "statecast_eps": round(eps, 1),
         "statecast_seconds": round(seconds, 3),
         "cpu_us_per_event": round(cpu_s / max(records, 1) * 1e6, 2),

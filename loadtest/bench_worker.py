@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 import time
@@ -113,6 +114,8 @@ async def serve() -> int:
                 "waves": _sum_samples(registry, "statecast_waves_per_batch_sum"),
                 "busy_s": worker.stats.busy_s,
                 "cpu_s": time.process_time() - cpu0,
+                # Peak resident memory (the state cache is bounded in bytes; this is all).
+                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "last_batch_wall": worker.stats.last_batch_wall,
                 "stages_s": dict(timer.wall_s),
                 "stages_cpu_s": dict(timer.cpu_s),
