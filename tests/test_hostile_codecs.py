@@ -23,6 +23,7 @@ from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.worker.codecs.base import Codec, Decoded, RawRecord, Rejected
 from statecast.worker.codecs.forecast import ForecastCodec
 from statecast.worker.codecs.frames import FrameCodec
+from statecast.worker.codecs.generate import GenerateCodec
 from statecast.worker.codecs.text import TextCodec
 
 pytestmark = pytest.mark.unit
@@ -76,6 +77,19 @@ def _frames(options: dict[str, str]) -> Codec:
     return FrameCodec(spec, options, Path("."))
 
 
+def _generate(options: dict[str, str]) -> Codec:
+    spec = ModelSpec(
+        name="char_lstm",
+        version="test",
+        kind="generate",
+        inputs=(TensorSpec("x", "int64", (-1, -1)), TensorSpec("lengths", "int64", (-1,))),
+        outputs=(OutputSpec("next_byte", "probability"),),
+        states=(StateSpec("h", 1, 4),),
+        preprocess={"chunk_bytes": 16, "vocab": 256},
+    )
+    return GenerateCodec(spec, options, Path("."))
+
+
 CODECS: dict[str, Codec] = {
     "forecast": _forecast({}),
     "forecast-key": _forecast({"stream_from": "key", "max_stream_bytes": "16"}),
@@ -83,6 +97,8 @@ CODECS: dict[str, Codec] = {
     "text-conversation": _text({"mode": "conversation", "stream_from": "key"}),
     "frames": _frames({}),
     "frames-strict": _frames({"resize": "0", "progressive": "0", "max_scans": "2"}),
+    "generate": _generate({"max_text_bytes": "64"}),
+    "generate-key": _generate({"stream_from": "key", "max_stream_bytes": "8"}),
 }
 
 
