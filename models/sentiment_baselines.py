@@ -15,10 +15,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import MultinomialNB
@@ -103,6 +105,30 @@ def naive_bayes(splits: data.Splits) -> BaselineResult:
         test_predictions=tuple(pred.tolist()),
         seconds=round(time.monotonic() - started, 1),
     )
+
+
+def cached_baselines(cache_dir: Path = data.CACHE_DIR) -> list[BaselineResult]:
+    """Both baselines on the prepared splits, computed once per split version and grid.
+
+    They take minutes on a shared CPU and do not depend on the step model, so a retrain
+    of the model reads them from ``.cache/sentiment`` instead of fitting them again.
+    """
+    key = f"v{data.PREP_VERSION}-seed{data.SPLIT_SEED}-C{'-'.join(f'{c:g}' for c in LR_GRID)}"
+    path = cache_dir / f"baselines-{key}.json"
+    if path.is_file():
+        return [
+            BaselineResult(**{**d, "test_predictions": tuple(d["test_predictions"])})
+            for d in orjson.loads(path.read_bytes())
+        ]
+    splits = data.load_splits(cache_dir)
+    results = [tfidf_logistic_regression(splits), naive_bayes(splits)]
+    for r in results:
+        log.info(
+            "baseline %s: test accuracy %.4f (val %.4f)", r.name, r.test_accuracy, r.val_accuracy
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps([asdict(r) for r in results]))
+    return results
 
 
 def mcnemar_z(
