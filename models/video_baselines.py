@@ -216,9 +216,12 @@ def fit_classifier(
     best, best_state, stale = -1.0, copy.deepcopy(net.state_dict()), 0
     for _ in range(epochs):
         net.train()
-        for idx in torch.randperm(len(yt), generator=gen).split(512):
+        order = torch.randperm(len(yt), generator=gen)
+        for lo in range(0, len(order), 512):
+            idx = order[lo : lo + 512]
             optim.zero_grad()
-            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
             optim.step()
         acc = float((clf.predict(vx) == vy).mean())
         if acc > best:
