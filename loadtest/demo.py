@@ -115,6 +115,7 @@ class ForecastBoard:
                 lines.append(
                     f"  {stream} {s.series:>10} {when}  demand next half-hour: "
                     f"forecast {s.forecast:.3f} GW, actual {s.actual or float('nan'):.3f} GW"
+                    f"{s.extra}"
                 )
             elif stream.startswith(PRICES_TOPIC):
                 lines.append(
@@ -149,11 +150,34 @@ class ForecastBoard:
         }
 
 
+# Horizons (in steps) of the day-ahead band shown for watched sensors: +6 h, +12 h, +24 h.
+BAND_STEPS = (12, 24, 48)
+
+
+def _quantile_band(value: dict[str, Any]) -> tuple[float, str] | None:
+    """A day-ahead quantile forecast ``{"p10": [..], "p50": [..], "p90": [..]}``: the next
+    step's median and the p10-p90 band at :data:`BAND_STEPS`."""
+    lo, mid, hi = value.get("p10"), value.get("p50"), value.get("p90")
+    if not (isinstance(lo, list) and isinstance(mid, list) and isinstance(hi, list) and mid):
+        return None
+    parts = [
+        f"+{k // 2}h {mid[k - 1]:.2f} [{lo[k - 1]:.2f}-{hi[k - 1]:.2f}]"
+        for k in BAND_STEPS
+        if k <= min(len(lo), len(mid), len(hi))
+    ]
+    return float(mid[0]), ("; day ahead p50 [p10-p90]: " + ", ".join(parts)) if parts else ""
+
+
 def _forecast_value(body: dict[str, Any]) -> tuple[float | None, str]:
-    """The point forecast of a prediction body, and a note (the sd of a Gaussian)."""
+    """The point forecast of a prediction body, and a note (the sd of a Gaussian, or the
+    day-ahead band of a quantile forecast)."""
     for value in body.values():
         if isinstance(value, int | float):
             return float(value), ""
+        if isinstance(value, dict) and "p50" in value:
+            band = _quantile_band(value)
+            if band is not None:
+                return band
         if isinstance(value, dict) and isinstance(value.get("mean"), int | float):
             log_var = value.get("log_var")
             note = ""

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
+from statecast.contract.calendar import derive
 from statecast.contract.spec import ModelSpec
 from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
 from statecast.worker.inference import build_session
@@ -50,6 +51,8 @@ class NaiveWorker:
         meta: Any = self._session.get_modelmeta()
         self.spec = ModelSpec.from_metadata(dict(meta.custom_metadata_map))
         self._features = self.spec.features
+        # Calendar columns the codec derives from ts (day-ahead sensor models).
+        self._derived = tuple(self.spec.preprocess.get("derived_features", ()))
         self._outputs = [o.name for o in self.spec.outputs]
         self._state_out = [s.output_name for s in self.spec.states]
         self._redis = aioredis.from_url(redis_url)
@@ -78,7 +81,10 @@ class NaiveWorker:
                 n = s.layers * s.hidden
                 feeds[s.input_name] = flat[pos : pos + n].reshape(s.layers, 1, s.hidden)
                 pos += n
-        feeds["x"] = np.array([[vals[f] for f in self._features]], dtype=np.float32)
+        row = [float(vals[f]) for f in self._features]
+        if self._derived:
+            row += derive(self._derived, [event["ts"]])[0].tolist()
+        feeds["x"] = np.array([row], dtype=np.float32)
         results = self._session.run(None, feeds)
         named = dict(zip([o.name for o in self._session.get_outputs()], results, strict=True))
         state = b"".join(named[name].tobytes() for name in self._state_out)

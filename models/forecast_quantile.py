@@ -45,6 +45,8 @@ class QuantileConfig:
     hidden: int = 64
     layers: int = 1
     mlp_hidden: int = 128
+    # Dropout on the MLP's hidden layer (training only; the exported step has none).
+    dropout: float = 0.0
     feature_mean: tuple[float, ...] = ()
     feature_std: tuple[float, ...] = ()
     target_feature: int = 0
@@ -119,6 +121,7 @@ class QuantileForecaster(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(c.hidden + feat, c.mlp_hidden),
             nn.ReLU(),
+            nn.Dropout(c.dropout),
             nn.Linear(c.mlp_hidden, c.horizon * n_q),
         )
         self._mid = c.quantiles.index(0.5)
@@ -131,12 +134,27 @@ class QuantileForecaster(nn.Module):
         rec = tuple(torch.zeros(c.layers, batch, c.hidden) for _ in c.recurrent_states)
         return (*rec, torch.zeros(1, batch, c.window_size))
 
+    def linear_features(self, x: Tensor) -> Tensor:
+        """``[B, T, D]`` inputs of the linear path over ``x`` from a zero state (no
+        parameters involved: training fits the linear path on them in closed form)."""
+        c = self.config
+        b, t = x.shape[0], x.shape[1]
+        z = self._normalise(x)
+        lags, _ = self._lags(z, torch.zeros(1, b, c.window_size), b, t)
+        return torch.cat([lags, z, self._one_hot(x[..., c.n_values :])], dim=-1)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        c = self.config
+        return ((x[..., : c.n_values] - self.in_mean) / self.in_std).clamp(
+            -c.input_clip, c.input_clip
+        )
+
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         c = self.config
         b, t = x.shape[0], x.shape[1]
         if state is None:
             state = self.zero_state(b)
-        z = ((x[..., : c.n_values] - self.in_mean) / self.in_std).clamp(-c.input_clip, c.input_clip)
+        z = self._normalise(x)
         cal = self._one_hot(x[..., c.n_values :])
         rnn_in = torch.cat([z, cal], dim=-1)
         n_rec = len(c.recurrent_states)
@@ -213,12 +231,17 @@ def pinball_loss(
     return out
 
 
-def calibrate_gaps(model: QuantileForecaster, pred: Tensor, target: Tensor) -> Tensor:
+def calibrate_gaps(
+    model: QuantileForecaster, pred: Tensor, target: Tensor, smooth: int = 0
+) -> Tensor:
     """Set ``gap_scale`` so each outer quantile is hit at its level on ``(pred, target)``.
 
     ``pred [N, H, Q]`` are the uncalibrated forecasts of validation origins, ``target
     [N, H]``. For quantile ``q`` below the median, the scale is the ``1 - q`` quantile of
-    ``(median - y) / gap``; above it, the ``q`` quantile of ``(y - median) / gap``.
+    ``(median - y) / gap``; above it, the ``q`` quantile of ``(y - median) / gap``. Exact for
+    one quantile on each side of the median (p10, p50, p90). ``smooth > 0`` averages each
+    horizon's scale with ``smooth`` neighbours on each side: neighbouring horizons share
+    most of their origins' weather, so one horizon's estimate alone is noisy.
     """
     qs = model.config.quantiles
     m = qs.index(0.5)
@@ -230,7 +253,11 @@ def calibrate_gaps(model: QuantileForecaster, pred: Tensor, target: Tensor) -> T
         gap = (pred[..., j] - med).abs().clamp(min=1e-9)
         ratio = ((med - target) if j < m else (target - med)) / gap
         level = 1.0 - q if j < m else q
-        scale[:, j] = torch.quantile(ratio, level, dim=0).clamp(min=0.05)
+        col = torch.quantile(ratio, level, dim=0).clamp(min=0.05)
+        if smooth > 0:
+            padded = torch.cat([col[:1].repeat(smooth), col, col[-1:].repeat(smooth)])
+            col = padded.unfold(0, 2 * smooth + 1, 1).mean(dim=-1)
+        scale[:, j] = col
     with torch.no_grad():
         model.gap_scale.copy_(model.gap_scale * scale)
     return scale

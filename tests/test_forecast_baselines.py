@@ -39,7 +39,8 @@ def test_seasonal_naive_is_the_same_half_hour_one_day_before_the_target() -> Non
     origins = np.array([100, 150])
     sn = bl.seasonal_naive(demand, origins, 48)
     assert sn.shape == (2, 48)
-    assert sn[0, 0] == 101 - 48 and sn[1, 47] == 150 + 48 - 48
+    assert sn[0, 0] == 101 - 48
+    assert sn[1, 47] == 150 + 48 - 48
 
 
 def test_ar_design_lags_are_the_past_day_newest_first() -> None:
@@ -47,9 +48,11 @@ def test_ar_design_lags_are_the_past_day_newest_first() -> None:
     hh = np.arange(200) % 48
     x = bl.ar_design(d, d * 0 + 20.0, d * 0 + 1.0, hh, np.array([100]))
     assert x.shape == (1, 48 + 2 + 48)
-    assert x[0, 0] == 100 and x[0, 47] == 53  # lag 0 is the origin itself
+    assert x[0, 0] == 100
+    assert x[0, 47] == 53
     assert x[0, 48:50].tolist() == [20.0, 1.0]
-    assert x[0, 50 + 100 % 48] == 1.0 and x[0, 50:].sum() == 1.0
+    assert x[0, 50 + 100 % 48] == 1.0
+    assert x[0, 50:].sum() == 1.0
 
 
 def test_ridge_ar_reproduces_the_issue_figure_on_elecdemand() -> None:
@@ -86,7 +89,8 @@ def test_pinball_and_coverage_by_hand() -> None:
     assert pinball([[1.0, 2.0, 3.0]], [2.5], q)[0].tolist() == pytest.approx([0.15, 0.25, 0.05])
     pred = np.array([[[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]])  # 1 origin, 2 horizons
     m = quantile_metrics(pred, np.array([[1.5, 5.0]]), q)
-    assert m.coverage80 == 0.5 and m.coverage80_h48 == 0.0
+    assert m.coverage80 == 0.5
+    assert m.coverage80_h48 == 0.0
     assert m.mae_h1 == pytest.approx(0.5)
 
 
@@ -95,4 +99,5 @@ def test_kupiec_is_zero_at_the_expected_rate_and_grows_away_from_it() -> None:
     assert kupiec_lr(1000, 25, 0.01) > 3.84 > kupiec_lr(1000, 14, 0.01)
     assert math.isfinite(kupiec_lr(100, 0, 0.01))
     bt = var_backtest(np.zeros(4), np.zeros(4), np.array([-3.0, 0.0, 0.5, 2.5]))
-    assert bt.breaches == 1 and bt.coverage95 == 0.5
+    assert bt.breaches == 1
+    assert bt.coverage95 == 0.5

@@ -43,7 +43,8 @@ def test_calendar_features_of_known_timestamps() -> None:
     assert day_of_week([JAN1_2014 + 5 * 86_400_000]).tolist() == [0]  # the next Monday
     assert half_hour_of_day([-1]).tolist() == [47]  # before 1970: still in range
     cols = derive(("day_of_week", "half_hour_of_day"), ts)
-    assert cols.dtype == np.float32 and cols.tolist()[1] == [2.0, 1.0]
+    assert cols.dtype == np.float32
+    assert cols.tolist()[1] == [2.0, 1.0]
     with pytest.raises(ValueError, match="unknown derived"):
         derive(("moon_phase",), ts)
 
@@ -93,7 +94,8 @@ def test_quantile_step_equals_the_sequence_and_quantiles_never_cross(cell: str) 
     torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-5, rtol=0)
     for a, b in zip(final, state, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert bool((y[..., 0] <= y[..., 1]).all()) and bool((y[..., 1] <= y[..., 2]).all())
+    assert bool((y[..., 0] <= y[..., 1]).all())
+    assert bool((y[..., 1] <= y[..., 2]).all())
 
 
 def test_ring_buffer_holds_the_last_window_of_normalised_inputs_oldest_first() -> None:
@@ -115,7 +117,8 @@ def test_calibration_makes_the_interval_cover_its_level() -> None:
     rng = np.random.default_rng(3)
     target = pred[..., 1] + torch.as_tensor(rng.normal(scale=2.0, size=pred.shape[:2])).float()
     scale = calibrate_gaps(model, pred, target)
-    assert scale.shape == (5, 3) and bool((scale[:, 1] == 1).all())
+    assert scale.shape == (5, 3)
+    assert bool((scale[:, 1] == 1).all())
     with torch.no_grad():
         again, _ = model(x)
     inside = (target >= again[0, ..., 0]) & (target <= again[0, ..., 2])
@@ -169,10 +172,12 @@ def test_codec_appends_calendar_features_derived_from_the_event_ts() -> None:
         RawRecord("t", 0, 2, 0, b"m", b'{"stream": "m", "ts": "noon", "values": {}}'),
     ]
     first, second, bad = codec.decode(recs)
-    assert isinstance(first, Decoded) and isinstance(second, Decoded)
+    assert isinstance(first, Decoded)
+    assert isinstance(second, Decoded)
     assert first.steps[0]["x"].tolist() == pytest.approx([4.2, 21.5, 1.0, 13.0, 0.0])
     assert second.steps[0]["x"].tolist()[3:] == [14.0, 0.0]
-    assert isinstance(bad, Rejected) and bad.reason == "wrong_type"
+    assert isinstance(bad, Rejected)
+    assert bad.reason == "wrong_type"
 
 
 def test_codec_refuses_a_spec_with_an_unknown_derived_feature() -> None:
