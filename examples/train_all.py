@@ -188,7 +188,7 @@ def imdb_lstm() -> dict[str, float]:
         "kind": "sentiment",
         "mode": "stateful",
         "tokenizer": "models/tokenizer/sentiment_lstm.json",
-        "chunk": 64,
+        "chunk": 32,
     }
     _save("imdb_lstm", model, options, sample)
     del rng

@@ -11,6 +11,7 @@ import functools
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ pytestmark = [
 ]
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Keras's reference runs on torch: one thread, as on a loaded machine two cost ~20x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 L = keras.layers
 TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "tokenizer" / "sentiment_lstm.json"
 
