@@ -65,6 +65,7 @@ from statecast.worker.state.streams import Items, StreamStates
 log = logging.getLogger(__name__)
 
 QUEUED_POLLS_BEFORE_PAUSE = 2
+DECODE_SLICE = 256  # records decoded between two looks at the batch budget
 MAX_AGE_MS = 24 * 3600 * 1000  # older record timestamps are not send times
 PLAUSIBLE_SKEW_MS = 1000  # a producer clock this far ahead still counts (as 0 s)
 
@@ -117,6 +118,28 @@ class Polled:
         self.polls += later.polls
 
 
+def split_polled(polled: Polled, k: int) -> Polled:
+    """Keep the first ``k`` records in ``polled`` and return the rest as a batch of its own.
+
+    Per partition the records are in offset order, so the rest of a partition starts at its
+    first record left: that is where ``polled`` now commits to; the rest commits to the
+    original offset. A partition with no record left keeps its offset in ``polled``; one
+    with no record kept moves to the rest."""
+    kept, left = polled.raws[:k], polled.raws[k:]
+    first_left: dict[TopicPartition, int] = {}
+    for r in left:
+        first_left.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    kept_tps = {TopicPartition(r.topic, r.partition) for r in kept}
+    rest = Polled(raws=left, offsets={tp: polled.offsets[tp] for tp in first_left}, polls=1)
+    polled.raws = kept
+    polled.offsets = {
+        tp: first_left.get(tp, offset)
+        for tp, offset in polled.offsets.items()
+        if tp in kept_tps or tp not in first_left
+    }
+    return rest
+
+
 @dataclass
 class _Computed:
     polled: Polled
@@ -161,6 +184,7 @@ class Lane:
         self._last_checkpoint = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._replays = 0  # records the offset fence dropped, for the worker's stats
+        self._epoch = 0  # bumped by discard_queued: a batch split before it is not requeued
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -232,7 +256,10 @@ class Lane:
             polled = polls[0]
             for later in polls[1:]:
                 polled.merge(later)
-            grouped = await loop.run_in_executor(self._executor, self._decode, polled)
+            epoch = self._epoch
+            grouped, rest = await loop.run_in_executor(self._executor, self._decode, polled)
+            if rest is not None and epoch == self._epoch:  # else revoked meanwhile: dropped
+                self._requeue(rest)
             now_ms = int(time.time() * 1000)
             works = await self._resolve(grouped, polled, now_ms)
             computed = _Computed(polled, works, [], [], [], {})
@@ -247,19 +274,54 @@ class Lane:
             if not self._ctx.settings.pipeline:
                 await self._handoff.join()  # one batch at a time
 
-    def _decode(self, polled: Polled) -> list[StreamWork]:
-        """The accepted records grouped by stream (rejects become dead letters)."""
+    def _decode(self, polled: Polled) -> tuple[list[StreamWork], Polled | None]:
+        """The accepted records grouped by stream (rejects become dead letters).
+
+        Decoding is where a hostile batch costs most (frames, long texts), so it runs in
+        slices against ``STATECAST_BATCH_BUDGET_MS``: once a slice ends past the budget, the
+        records left are cut off into a batch of their own (returned, queued first) and this
+        one commits only what it covers. Every record's own cost is bounded by the codec
+        budgets; this bounds a batch's, so a revoke never waits long for the lane."""
         with self._ctx.stages.stage("decode"):
             route = self.route
+            budget_s = self._ctx.settings.batch_budget_ms / 1000
+            t0 = time.perf_counter()
+            raws = polled.raws
+            decoded: list[Decoded | Rejected] = []
+            rest: Polled | None = None
+            for start in range(0, len(raws), DECODE_SLICE):
+                if decoded and time.perf_counter() - t0 > budget_s:
+                    rest = split_polled(polled, len(decoded))
+                    raws = polled.raws
+                    break
+                decoded += decode_isolating(route.served.codec, raws[start : start + DECODE_SLICE])
             accepted: list[tuple[RawRecord, Decoded]] = []
-            decoded = decode_isolating(route.served.codec, polled.raws)
-            for raw, res in zip(polled.raws, decoded, strict=True):
+            for raw, res in zip(raws, decoded, strict=True):
                 if type(res) is Decoded:
                     accepted.append((raw, res))
                 else:
                     assert isinstance(res, Rejected)
                     polled.dead.append(DeadLetter(raw, res.reason, res.detail))
-            return list(group_by_stream(accepted, route.states.key).values())
+            return list(group_by_stream(accepted, route.states.key).values()), rest
+
+    def _requeue(self, rest: Polled) -> None:
+        """A batch's records left after its decode budget: first in line, one more poll."""
+        self._inbox.insert(0, rest)
+        self._unfinished += rest.polls
+        self._idle.clear()
+        self._inbox_ready.set()
+
+    def discard_queued(self) -> int:
+        """Drop the polls not yet started (on revoke): they are not committed, and after
+        the rebalance every assigned partition is fetched again from its committed offset
+        (aiokafka's eager rebalance starts a fresh assignment), so nothing is lost and the
+        revoke does not wait for them. Returns how many records were dropped."""
+        self._epoch += 1
+        polls, self._inbox = self._inbox, []
+        self._unfinished -= sum(p.polls for p in polls)
+        if self._unfinished == 0:
+            self._idle.set()
+        return sum(len(p.raws) for p in polls)
 
     async def _resolve(
         self, works: list[StreamWork], polled: Polled, now_ms: int

@@ -300,7 +300,12 @@ class Worker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Every lane finishes what it holds (publish, write, commit) while we still own its
-        # partitions; then the revoked streams leave the cache.
+        # partitions; then the revoked streams leave the cache. Polls a lane has not
+        # started are dropped, not drained: uncommitted, they are fetched again after the
+        # rebalance, and a lane deep in a hostile backlog must not hold up the group.
+        dropped = sum(lane.discard_queued() for lane in self._lanes.values())
+        if dropped:
+            log.info("revoke: %d queued records dropped (fetched again after it)", dropped)
         await self._drain_lanes()
         self._lag.forget(revoked)
         for topic, route in self._routes.items():

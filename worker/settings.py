@@ -88,6 +88,8 @@ class Settings:
     state_ttl_s: int = 7 * 24 * 3600
     # Bytes of stream states kept in process (LRU); a quarter of a 1 GiB pod. 0: no cache.
     state_cache_bytes: int = 256 * 1024 * 1024
+    # Wall time a lane may spend decoding one batch before the rest becomes the next batch.
+    batch_budget_ms: int = 5000
     max_batch_records: int = 4096
     poll_timeout_ms: int = 50
     device: str = "auto"  # auto | cpu | cuda
@@ -161,6 +163,7 @@ class Settings:
             state_cache_bytes=e.integer(
                 "STATECAST_STATE_CACHE_BYTES", cls.state_cache_bytes, minimum=0
             ),
+            batch_budget_ms=e.integer("STATECAST_BATCH_BUDGET_MS", cls.batch_budget_ms, minimum=1),
             max_batch_records=e.integer("STATECAST_MAX_BATCH", cls.max_batch_records, minimum=1),
             poll_timeout_ms=e.integer("STATECAST_POLL_TIMEOUT_MS", cls.poll_timeout_ms, minimum=0),
             device=e.choice("STATECAST_DEVICE", "auto", ("auto", "cpu", "cuda")),
@@ -218,6 +221,7 @@ class Settings:
             "STATECAST_STATE_PREFIX": self.state_prefix,
             "STATECAST_STATE_TTL_S": str(self.state_ttl_s),
             "STATECAST_STATE_CACHE_BYTES": str(self.state_cache_bytes),
+            "STATECAST_BATCH_BUDGET_MS": str(self.batch_budget_ms),
             "STATECAST_MAX_BATCH": str(self.max_batch_records),
             "STATECAST_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
             "STATECAST_DEVICE": self.device,
