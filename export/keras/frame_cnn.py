@@ -159,9 +159,11 @@ def export(manifest: Path = DEFAULT_MANIFEST) -> ManifestEntry:
     result = import_keras(
         KERAS_FILE,
         ImportOptions(name=NAME, kind="classify", classes=FASHION_CLASSES),
-        out_dir=PACKAGE_ROOT / "models" / "onnx",
+        # Manifest paths are relative to the manifest's repository (statecast/models links
+        # there in a checkout), as for every exporter.
+        out_dir=manifest.resolve().parent / "onnx",
         manifest=manifest,
-        root=PACKAGE_ROOT,
+        root=manifest.resolve().parent.parent,
         sample=x_te[:16].astype(np.float32),
     )
     figures = json.loads(KERAS_FILE.with_suffix(".metrics.json").read_text())
