@@ -6,7 +6,9 @@ every row is rendered once with orjson (exact float text); the generator joins a
 prefix, the timestamp and that part per event.
 
 A stream that reaches the end of its series wraps around to the start, and its timestamps
-move on by one span per lap, so a stream's ``ts`` only ever increases.
+move on by one span per lap, so a stream's ``ts`` only ever increases. The sensor's span is
+a whole number of weeks: the day-ahead models derive half-hour of day and day of week from
+``ts``, and a 365-day lap would shift every replayed weekday by one against its data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ PRICES_TOPIC = "prices"
 FRAMES_TOPIC = "frames"
 TEXT_TOPIC = "text"
 MESSAGE_INTERVAL_MS = 60_000  # one review a minute per conversation
+WEEK_MS = 7 * 24 * 3600 * 1000
 FRAME_INTERVAL_MS = 40  # a 25 frames/s camera
 SENSOR_FEATURES: tuple[str, ...] = ("demand", "temperature", "workday")
 PRICE_FEATURES: tuple[str, ...] = ("log_return",)
@@ -41,6 +44,8 @@ class ReplaySeries:
     ts: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
     integer_features: frozenset[str] = frozenset()
+    # Laps move ts on by a multiple of this (0: by the covered time plus one step).
+    lap_align_ms: int = 0
     # The whole record value is the rendered row (an encoded frame), not a JSON event.
     raw = False
 
@@ -57,7 +62,10 @@ class ReplaySeries:
     def span_ms(self) -> int:
         """How far ``ts`` moves on per lap: the covered time plus one typical step."""
         step = int(np.median(np.diff(self.ts)))
-        return int(self.ts[-1] - self.ts[0]) + step
+        span = int(self.ts[-1] - self.ts[0]) + step
+        if self.lap_align_ms > 0:
+            span = -(-span // self.lap_align_ms) * self.lap_align_ms
+        return span
 
     def render_values(self) -> list[bytes]:
         """Per row: ``,"values":{...}}``, the tail of an event after its timestamp."""
@@ -98,6 +106,7 @@ def sensor_series() -> list[ReplaySeries]:
             ts=frame["ts"].to_numpy(dtype=np.int64),
             values=frame[list(SENSOR_FEATURES)].to_numpy(dtype=np.float64),
             integer_features=frozenset({"workday"}),
+            lap_align_ms=WEEK_MS,
         )
     ]
 

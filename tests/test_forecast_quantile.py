@@ -195,3 +195,17 @@ def test_multi_horizon_prediction_is_one_list_per_quantile() -> None:
         "demand": {"p10": [0.0, 3.0, 6.0], "p50": [1.0, 4.0, 7.0], "p90": [2.0, 5.0, 8.0]}
     }
     assert preds[1]["demand"]["p50"] == [10.0, 13.0, 16.0]
+
+
+def test_replayed_sensor_laps_keep_the_calendar_of_their_data() -> None:
+    from statecast.loadtest.series import sensor_series
+
+    (sensor,) = sensor_series()
+    rows = np.array([0, 13, 5000, len(sensor) - 1])
+    for lap in (1, 2):
+        later = [sensor.event_ts(int(r), lap) for r in rows]
+        first = [sensor.event_ts(int(r), 0) for r in rows]
+        names = ("half_hour_of_day", "day_of_week")
+        np.testing.assert_array_equal(derive(names, later), derive(names, first))
+        assert [sensor.locate(t) for t in later] == rows.tolist()
+    assert sensor.event_ts(0, 1) > sensor.event_ts(len(sensor) - 1, 0)
