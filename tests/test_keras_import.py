@@ -389,3 +389,16 @@ def test_cli_refusal_exits_2_and_names_the_layer(
     assert cli.main([*args, "--manifest", str(manifest)]) == 2
     assert "Bidirectional" in capsys.readouterr().out
     assert not manifest.exists()
+
+
+def test_shipped_frame_cnn_is_stateless_and_beats_its_baseline() -> None:
+    from statecast.contract.manifest import check_digest
+    from statecast.contract.paths import PACKAGE_ROOT
+    from statecast.export.keras.frame_cnn import parity
+
+    entry = load_manifest()["frame_cnn"]
+    spec = read_spec(check_digest(entry, PACKAGE_ROOT))
+    assert (spec.kind, spec.states) == ("classify", ())
+    assert entry.metrics["test_accuracy"] > entry.metrics["baseline_accuracy"]
+    assert entry.metrics["test_images"] == 10_000
+    assert parity() <= 1e-4
