@@ -209,3 +209,35 @@ def test_replayed_sensor_laps_keep_the_calendar_of_their_data() -> None:
         np.testing.assert_array_equal(derive(names, later), derive(names, first))
         assert [sensor.locate(t) for t in later] == rows.tolist()
     assert sensor.event_ts(0, 1) > sensor.event_ts(len(sensor) - 1, 0)
+
+
+def test_demo_board_shows_the_day_ahead_band_and_scores_the_median() -> None:
+    import io
+
+    from statecast.loadtest.demo import ForecastBoard
+    from statecast.loadtest.generator import StreamPlan
+    from statecast.loadtest.series import sensor_series
+
+    (sensor,) = sensor_series()
+    plan = StreamPlan("sensor", (sensor,), 1, 1, id_prefix="sensor")
+    board = ForecastBoard([plan], watch=1, warmup_steps=0)
+    row = 100
+    band = {
+        "p10": [4.0 + k for k in range(48)],
+        "p50": [4.5 + k for k in range(48)],
+        "p90": [5.0 + k for k in range(48)],
+    }
+    pred = {
+        "stream": plan.stream_id(0),
+        "ts": sensor.event_ts(row, 0),
+        "prediction": {"demand": band},
+    }
+    board.observe(pred, 0.0)
+    out = io.StringIO()
+    board.render(out)
+    text = out.getvalue()
+    assert "forecast 4.500 GW" in text  # the one-step forecast is p50 at horizon 1
+    assert "+6h 15.50 [15.00-16.00]" in text  # horizon 12
+    assert "+24h 51.50 [51.00-52.00]" in text  # horizon 48
+    actual = float(sensor.values[row + 1, 0])
+    assert board.summary()["sensor_mae_gw"] == pytest.approx(abs(4.5 - actual), abs=1e-4)
