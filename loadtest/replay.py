@@ -93,8 +93,10 @@ async def run_replay(
     plans: Sequence[StreamPlan] | None = None,
     on_prediction: Callable[[dict[str, Any], float], None] | None = None,
     progress_out: TextIO | None = sys.stderr,
+    generator_factory: Callable[..., Generator] = Generator,
 ) -> dict[str, Any]:
-    """Produce (and measure); return the JSON-able summary."""
+    """Produce (and measure); return the JSON-able summary. ``generator_factory`` builds
+    the event source (``loadtest.synthetic.generator_factory`` for GAN streams)."""
     plans = list(plans) if plans is not None else await build_plans(settings)
     sends = SendLog()
     book = LatencyBook(sends) if settings.measure else None
@@ -106,7 +108,7 @@ async def run_replay(
     producer = make_producer(settings.bootstrap)
     await producer.start()
     try:
-        gen = Generator(producer, plans, settings.generator, sends)
+        gen = generator_factory(producer, plans, settings.generator, sends)
         if measurer is None:
             report = await gen.run()
             if progress_out is not None:

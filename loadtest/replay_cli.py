@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 import orjson
 
-from statecast.loadtest.generator import GeneratorConfig
+from statecast.loadtest.generator import Generator, GeneratorConfig
 from statecast.loadtest.replay import ReplaySettings, TopicLoad, run_replay
 from statecast.worker.devstack import StackConfig
 from statecast.worker.stack_cli import DEFAULT_DIR
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ts-now", action="store_true", help="stamp events with the send time, not the data's"
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the streams' start rows")
+    parser.add_argument(
+        "--synthetic",
+        choices=["gan"],
+        default=None,
+        help="sensor streams synthesised by the gan_demand generator, all distinct"
+        " (loadtest/synthetic.py), instead of replays of the real series",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
@@ -73,6 +81,14 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(run_replay(settings_from_args(args)))
+    settings = settings_from_args(args)
+    factory: Callable[..., Generator] = Generator
+    if args.synthetic == "gan":
+        from statecast.loadtest.synthetic import generator_factory
+
+        if {load.topic for load in settings.loads} != {"sensor"}:
+            raise SystemExit("--synthetic gan synthesises sensor streams: use --topic sensor")
+        factory = generator_factory(args.seed)
+    summary = asyncio.run(run_replay(settings, generator_factory=factory))
     print(orjson.dumps(summary).decode())
     return 0

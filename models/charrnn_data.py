@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 SEPARATOR = b"\n"
-DEFAULT_TRAIN_BYTES = 9_000_000
+DEFAULT_TRAIN_BYTES = 7_000_000
 DEFAULT_EVAL_BYTES = 500_000
 
 Bytes = npt.NDArray[np.uint8]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.models import charrnn_data as data
-from statecast.models.charrnn import CharConfig, CharLSTM, State
+from statecast.models.charrnn import CONTEXT, PAD_BYTE, CharConfig, CharLSTM, State
 from statecast.models.charrnn_ngram import KneserNey
 from statecast.models.trainer import (
     count_parameters,
@@ -49,6 +49,14 @@ def _detach(state: State) -> State:
     return state[0].detach(), state[1].detach()
 
 
+def _history(grid: torch.Tensor, start: int) -> torch.Tensor:
+    """The ``CONTEXT`` bytes before column ``start`` of each row (newlines before 0)."""
+    if start >= CONTEXT:
+        return grid[:, start - CONTEXT : start]
+    pad = torch.full((grid.shape[0], CONTEXT - start), PAD_BYTE, dtype=grid.dtype)
+    return torch.cat([pad, grid[:, :start]], dim=1)
+
+
 def bits_per_char(
     model: CharLSTM, stream: np.ndarray[Any, Any], rows: int = 16, seq: int = 256
 ) -> float:
@@ -63,7 +71,7 @@ def bits_per_char(
             x = grid[:, start : start + seq]
             y = grid[:, start + 1 : start + seq + 1]
             x = x[:, : y.shape[1]]
-            logits, state = model(x, state)
+            logits, state = model(x, _history(grid, start), state)
             loss = nn.functional.cross_entropy(
                 logits.reshape(-1, 256), y.reshape(-1), reduction="sum"
             )
@@ -107,6 +115,8 @@ def train_char_lstm(
     lr: float = 3e-3,
     hidden: int = 256,
     embed_dim: int = 64,
+    ngram_buckets: int = 65_536,
+    ngram_dim: int = 24,
     checkpoint: Path = CHECKPOINT_PATH,
 ) -> Path:
     torch.set_num_threads(1)
@@ -115,7 +125,9 @@ def train_char_lstm(
     grid = torch.from_numpy(data.parallel_streams(train, batch))
     steps_per_epoch = (grid.shape[1] - 1) // seq
     total_steps = steps_per_epoch * epochs
-    config = CharConfig(embed_dim=embed_dim, hidden=hidden)
+    config = CharConfig(
+        embed_dim=embed_dim, hidden=hidden, ngram_buckets=ngram_buckets, ngram_dim=ngram_dim
+    )
     model = CharLSTM(config)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -138,7 +150,7 @@ def train_char_lstm(
         for s in range(steps_per_epoch):
             x = grid[:, s * seq : (s + 1) * seq]
             y = grid[:, s * seq + 1 : (s + 1) * seq + 1]
-            logits, new_state = model(x, state)
+            logits, new_state = model(x, _history(grid, s * seq), state)
             loss = nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
             optim.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

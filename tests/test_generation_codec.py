@@ -23,7 +23,7 @@ from statecast.worker.codecs.generate import GenerateCodec, GenerateCodecError
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     torch.manual_seed(3)
-    model = CharLSTM(CharConfig(embed_dim=8, hidden=16)).eval()
+    model = CharLSTM(CharConfig(embed_dim=8, hidden=16, ngram_buckets=97, ngram_dim=4)).eval()
     spec = ce.build_spec(model)
     path = tmp_path_factory.mktemp("char") / "char_lstm.onnx"
     example = (
@@ -141,20 +141,16 @@ def test_generation_runs_batched_from_state_copies(tiny: tuple[Any, Path]) -> No
     # Stored states: after the real text only (an offline run of the step over it).
     sess = Session(path)
     for w, final in zip(works, outcome.final_states, strict=True):
-        h = c = np.zeros((1, 1, 16), np.float32)
+        st = {n: np.zeros((1, 1, d), np.float32) for n, d in (("h", 16), ("c", 16), ("ctx", 4))}
         data = "".join(texts[w.stream]).encode()
         for i in range(0, len(data), 256):
             chunk = np.frombuffer(data[i : i + 256], np.uint8).astype(np.int64)[None]
-            out = sess.run(
-                {
-                    "x": chunk,
-                    "lengths": np.array([chunk.shape[1]]),
-                    "state_in.h": h,
-                    "state_in.c": c,
-                }
-            )
-            h, c = out["state_out.h"], out["state_out.c"]
-        np.testing.assert_allclose(final["h"], h[:, 0, :], atol=1e-6)
+            feeds = {"x": chunk, "lengths": np.array([chunk.shape[1]])}
+            out = sess.run({**feeds, **{f"state_in.{n}": v for n, v in st.items()}})
+            st = {n: out[f"state_out.{n}"] for n in st}
+        for n, v in st.items():
+            np.testing.assert_allclose(final[n], v[:, 0, :], atol=1e-6)
+        assert final["ctx"][0].tolist() == [b + 1.0 for b in data[-4:]]
 
     # The last record of stream "a" alone (state carried from its first message) samples
     # the same continuation as in the batch.

@@ -48,7 +48,7 @@ MESSAGES = ["The movie was ", "not what I expected", ", but the ending ", "é!",
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     root = tmp_path_factory.mktemp("generate-e2e")
     torch.manual_seed(11)
-    model = CharLSTM(CharConfig(embed_dim=8, hidden=HIDDEN)).eval()
+    model = CharLSTM(CharConfig(embed_dim=8, hidden=HIDDEN, ngram_buckets=97, ngram_dim=4)).eval()
     spec = ce.build_spec(model)
     path = root / "models" / "onnx" / "char_lstm.onnx"
     example = (
@@ -62,36 +62,45 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return TinyModel(spec, manifest, root, path)
 
 
+State = dict[str, Any]
+
+
 class Offline:
     """The step model run by hand over one stream's texts."""
 
     def __init__(self, path: Path) -> None:
         self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.sess.get_outputs()]
 
-    def run(self, x: Any, h: Any, c: Any) -> tuple[Any, Any, Any]:
+    @staticmethod
+    def zero() -> State:
+        return {
+            n: np.zeros((1, 1, d), np.float32)
+            for n, d in (("h", HIDDEN), ("c", HIDDEN), ("ctx", 4))
+        }
+
+    def run(self, x: Any, st: State) -> tuple[Any, State]:
         feeds = {"x": x, "lengths": np.full(x.shape[0], x.shape[1], np.int64)}
-        logits, h, c = self.sess.run(None, {**feeds, "state_in.h": h, "state_in.c": c})
-        return logits, h, c
+        feeds.update({f"state_in.{n}": v for n, v in st.items()})
+        out = dict(zip(self.names, self.sess.run(self.names, feeds), strict=True))
+        return out["logits"], {n: out[f"state_out.{n}"] for n in st}
 
-    def advance(self, text: str, h: Any, c: Any) -> tuple[Any, Any, Any]:
+    def advance(self, text: str, st: State) -> tuple[Any, State]:
         data = np.frombuffer(text.encode(), np.uint8).astype(np.int64)
         logits = None
         for i in range(0, len(data), 256):
-            logits, h, c = self.run(data[None, i : i + 256], h, c)
-        return logits, h, c
+            logits, st = self.run(data[None, i : i + 256], st)
+        return logits, st
 
-    def continuation(self, record_id: str, logits: Any, h: Any, c: Any) -> str:
+    def continuation(self, record_id: str, logits: Any, st: State) -> str:
         """What the codec must publish, computed with one row alone."""
         rng = rng_for(seed_for(record_id))
         first = sample(probabilities(logits, 1.0, 3), np.array([rng.random()]))
 
-        def step(tokens: Any, st: Any) -> tuple[Any, dict[str, Any]]:
-            out, h2, c2 = self.run(tokens.reshape(-1, 1), st["h"], st["c"])
-            return out, {"h": h2, "c": c2}
+        def step(tokens: Any, cur: Any) -> tuple[Any, State]:
+            return self.run(tokens.reshape(-1, 1), dict(cur))
 
-        rest = decode(
-            step, first, {"h": h, "c": c}, 23, temperature=1.0, top_k=3, seeds=[rng], stop_token=10
-        )
+        rest = decode(step, first, st, 23, temperature=1.0, top_k=3, seeds=[rng], stop_token=10)
         row = [int(first[0]), *rest[0].tolist()]
         if 10 in row:
             row = row[: row.index(10)]
@@ -128,8 +137,8 @@ async def test_generate_route_through_kafka_and_redis(
     tiny: TinyModel, kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]
 ) -> None:
     topic, dlq = unique("gen"), unique("dlq")
-    preds1, preds2 = unique("predictions"), unique("predictions")
-    for t in (topic, dlq, preds1, preds2):
+    preds1, preds2 = unique("predictions1"), unique("predictions2")
+    for t in (topic, dlq, preds1, preds2, unique("dlq2")):
         await create_topic(kafka_bootstrap, t, partitions=3)
     rng = np.random.default_rng(5)
     streams = {
@@ -154,9 +163,9 @@ async def test_generate_route_through_kafka_and_redis(
     await produce(kafka_bootstrap, topic, records[:4] + bad + records[4:])
     total, good = len(records) + len(bad), len(records)
 
-    prefix = unique("state")
+    prefix = unique("state1")
     await run_worker(
-        tiny, kafka_bootstrap, redis_url, topic, preds1, dlq, unique("g"), prefix, total
+        tiny, kafka_bootstrap, redis_url, topic, preds1, dlq, unique("g1"), prefix, total
     )
     first = [
         orjson.loads(r.value) for r in await consume_all(kafka_bootstrap, preds1, expected=good)
@@ -173,9 +182,9 @@ async def test_generate_route_through_kafka_and_redis(
         for stream, msgs in streams.items():
             rows = sorted(by_stream[stream], key=lambda p: p["ts"])
             assert len(rows) == len(msgs)
-            h = c = np.zeros((1, 1, HIDDEN), np.float32)
+            st = offline.zero()
             for msg, p in zip(msgs, rows, strict=True):
-                logits, h, c = offline.advance(msg, h, c)
+                logits, st = offline.advance(msg, st)
                 probs = probabilities(logits, 1.0, 0)[0]
                 want = np.argsort(-probs, kind="stable")[:3]
                 assert [n["byte"] for n in p["prediction"]["next"]] == want.tolist()
@@ -183,15 +192,15 @@ async def test_generate_route_through_kafka_and_redis(
                     [n["p"] for n in p["prediction"]["next"]], probs[want], atol=1e-4
                 )
                 assert p["prediction"]["continuation"] == offline.continuation(
-                    p["id"], logits, h, c
+                    p["id"], logits, st
                 )
             raw = await client.get(state_key(prefix, "char_lstm", tiny.spec.state_version, stream))
             assert isinstance(raw, bytes)
             stored = codec.decode(raw).state
             assert stored is not None
             # The state after the real text only: the continuation did not move it.
-            np.testing.assert_allclose(stored.tensors["h"], h[:, 0, :], atol=1e-5)
-            np.testing.assert_allclose(stored.tensors["c"], c[:, 0, :], atol=1e-5)
+            for name, value in st.items():
+                np.testing.assert_allclose(stored.tensors[name], value[:, 0, :], atol=1e-5)
     finally:
         await client.aclose()
     # Sampling is not trivially greedy: continuations differ across records.
@@ -204,9 +213,9 @@ async def test_generate_route_through_kafka_and_redis(
         redis_url,
         topic,
         preds2,
-        unique("dlq"),
-        unique("g"),
-        unique("state"),
+        unique("dlq2"),
+        unique("g2"),
+        unique("state2"),
         total,
     )
     second = [
