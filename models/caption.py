@@ -4,8 +4,9 @@ The language is synthetic: every caption is a template filled from a scene's lab
 
     a <garment> <subject motion> while the camera <camera motion>
 
-("a sneaker moves left while the camera zooms in"), over a vocabulary of 33 words built
-from the Fashion-MNIST class names and the motion words. The decoding is real: the
+("a sneaker moves left while the camera zooms in"), over a vocabulary of 30 words (and three
+special tokens) built from the Fashion-MNIST class names and the motion words. The
+decoding is real: the
 decoder reads the camera's ``video_lstm`` state ``h`` (after the frames seen so far) and
 writes the caption one word at a time.
 
