@@ -69,6 +69,12 @@ def test_caption_every_n_frames_from_the_state_copies(spec: ModelSpec) -> None:
             np.testing.assert_array_equal(f.states[k], b[k])
 
 
+def test_a_route_to_the_decoder_itself_is_refused() -> None:
+    decoder = read_spec(load_manifest()["video_caption"].onnx_path())
+    with pytest.raises(ValueError, match="caption_every"):
+        codec_for(decoder, {}, MODEL_DIR)
+
+
 def test_bad_caption_options_are_refused(spec: ModelSpec, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="caption_every"):
         codec_for(spec, {"caption_every": "0"}, MODEL_DIR)

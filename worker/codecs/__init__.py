@@ -22,6 +22,8 @@ CODECS: dict[str, str] = {
     "video": "statecast.worker.codecs.video_captions:frame_codec",
     # A per-frame classifier (often stateless) reads frames exactly like the video route.
     "classify": "statecast.worker.codecs.frames:FrameCodec",
+    # A caption decoder runs beside its video model (caption_every), never on a route.
+    "decoder": "statecast.worker.codecs.video_captions:decoder_route",
     # A next-byte text model: top-k next characters plus a seeded continuation per record.
     "generate": "statecast.worker.codecs.generate:GenerateCodec",
 }

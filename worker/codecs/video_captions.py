@@ -46,6 +46,15 @@ def frame_codec(spec: ModelSpec, options: Mapping[str, str], model_dir: Path) ->
     return FrameCodec(spec, options, model_dir)
 
 
+def decoder_route(spec: ModelSpec, options: Mapping[str, str], model_dir: Path) -> Codec:
+    """A route to a decoder model is a configuration error, reported at start-up."""
+    raise ValueError(
+        f"{spec.name} is a {spec.kind} model: it is not routed itself; route its video "
+        f"model {spec.preprocess.get('context', {}).get('model', '?')!r} with "
+        "caption_every=N instead"
+    )
+
+
 def _decoder_path(name: str, model_dir: Path) -> Path:
     """The decoder's ONNX file, found and digest-checked through the routed model's manifest
     (``model_dir`` is ``<root>/models/onnx``; the manifest is ``<root>/models/manifest.json``)."""
