@@ -155,14 +155,19 @@ def compute_isolating(
                 reason, detail = REASON_INFERENCE_ERROR, "a record of the stream got no prediction"
             elif not _state_finite(final):
                 reason, detail = REASON_NOT_FINITE_OUTPUT, "the stream's next state is not finite"
-            elif not all(_finite(p) for _, _, p in mine):
-                reason, detail = REASON_NOT_FINITE_OUTPUT, "a prediction is not finite"
             messages: list[OutMessage] = []
             if not reason:
                 try:
                     messages = prediction_messages(model_ref, mine, stamp, encode)
                 except Exception as exc:  # orjson: TypeError, OverflowError, ...
                     reason, detail = REASON_UNENCODABLE, _describe(exc)
+            # orjson writes NaN and inf as null: a message without "null" anywhere has only
+            # finite numbers (one substring search), the rare rest gets the exact check.
+            if not reason and any(
+                b"null" in m.value and not _finite(p)
+                for m, (_, _, p) in zip(messages, mine, strict=True)
+            ):
+                reason, detail = REASON_NOT_FINITE_OUTPUT, "a prediction is not finite"
             if reason:
                 out.dead.extend(DeadLetter(raw, reason, detail) for raw, _ in w.records)
                 continue
