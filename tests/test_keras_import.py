@@ -115,6 +115,12 @@ def _cases() -> dict[str, tuple[Any, ImportOptions]]:
             ),
             _forecast("m", "stateful", targets=("lo", "hi")),
         ),
+        "keras_stateful_true_fixed_batch": (
+            keras.Sequential(
+                [keras.Input(batch_shape=(2, None, 3)), L.LSTM(5, stateful=True), L.Dense(1)]
+            ),
+            _forecast("m", "stateful"),
+        ),
         "gru_reset_after_false_stateful": (
             keras.Sequential([keras.Input((None, 3)), L.GRU(7, reset_after=False), L.Dense(1)]),
             _forecast("m", "stateful"),
@@ -226,6 +232,7 @@ def _cases() -> dict[str, tuple[Any, ImportOptions]]:
     [
         "simplernn_window_scaled",
         "lstm_stack_stateful",
+        "keras_stateful_true_fixed_batch",
         "gru_reset_after_false_stateful",
         "gru_reset_after_true_return_sequences_stateful",
         "lstm_window",

@@ -132,7 +132,10 @@ def check_layer(layer: Any) -> None:
     if kind == "BatchNormalization":
         axis = cfg.get("axis", -1)
         axes = axis if isinstance(axis, (list, tuple)) else [axis]
-        rank = len(layer.input.shape) if hasattr(layer, "input") else None
+        try:
+            rank: int | None = len(layer.input.shape)
+        except (AttributeError, ValueError):  # no single inbound node
+            rank = None
         if not all(a == -1 or (rank is not None and a == rank - 1) for a in axes):
             raise UnsupportedLayer(f"{_name(layer)}: only axis=-1 (channels) is converted")
 

@@ -113,10 +113,37 @@ def load_keras(path: Path) -> Any:
 def keras_predict(model: Any) -> Callable[[Array], Array]:
     import keras
 
-    def predict(x: Array) -> Array:
+    # A model trained with stateful=True keeps its RNN state between calls and may fix the
+    # batch size: every reference call starts from a zero state, in batches of that size.
+    stateful = [layer for layer in _all_layers(model) if getattr(layer, "stateful", False)]
+    fixed = model.inputs[0].shape[0]
+
+    def call(x: Array) -> Array:
+        for layer in stateful:
+            layer.reset_states()
         return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float64)
 
+    def predict(x: Array) -> Array:
+        if fixed is None or len(x) == fixed:
+            return call(x)
+        outs = []
+        for lo in range(0, len(x), fixed):
+            part = x[lo : lo + fixed]
+            pad = np.zeros((fixed - len(part), *x.shape[1:]), x.dtype)
+            outs.append(call(np.concatenate([part, pad]))[: len(part)])
+        return np.concatenate(outs)
+
     return predict
+
+
+def _all_layers(model: Any) -> list[Any]:
+    out: list[Any] = []
+    for layer in getattr(model, "layers", []):
+        out.append(layer)
+        out += _all_layers(layer)
+        if hasattr(layer, "layer"):  # TimeDistributed
+            out += [layer.layer, *_all_layers(layer.layer)]
+    return out
 
 
 # --- plan: what the step looks like --------------------------------------------------
@@ -158,6 +185,8 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
         raise ImportError_("--mode stateful needs a recurrent layer (SimpleRNN, LSTM, GRU)")
     if mode == "stateful":
         _check_stateful(conv)
+    if opts.kind == "sentiment" and mode != "stateful":
+        raise ImportError_("a sentiment model streams token chunks: use --mode stateful")
     if mode == "window" and (len(shape) < 3 or shape[1] is None):
         raise ImportError_(f"--mode window needs a fixed window length; the input is {shape}")
     step_shape = shape[1:] if mode == "stateless" else shape[2:]
