@@ -164,7 +164,9 @@ def export_char_lstm(
     }
     if not manifest:  # a trial export elsewhere: its path is relative to its own folder
         return manifest_entry(spec, onnx_path, metrics, root=onnx_path.parent)
-    entry = manifest_entry(spec, onnx_path, metrics)
+    # "models/onnx/<name>.onnx" relative to the folder holding models/ (resolved, because
+    # statecast/models is a link to the checkout's models/ folder).
+    entry = manifest_entry(spec, onnx_path, metrics, root=onnx_path.resolve().parents[2])
     upsert_entry(entry)
     log.info(
         "exported %s: val %.4f bpc, parity %.3g", NAME, meta.get("val_bpc", float("nan")), diff

@@ -121,7 +121,9 @@ def export_gan_demand(
     }
     if not manifest:
         return manifest_entry(spec, onnx_path, metrics, root=onnx_path.parent)
-    entry = manifest_entry(spec, onnx_path, metrics)
+    # "models/onnx/<name>.onnx" relative to the folder holding models/ (resolved, because
+    # statecast/models is a link to the checkout's models/ folder).
+    entry = manifest_entry(spec, onnx_path, metrics, root=onnx_path.resolve().parents[2])
     upsert_entry(entry)
     log.info("exported %s: parity %.3g", NAME, diff)
     return entry

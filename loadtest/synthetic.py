@@ -99,6 +99,8 @@ class GanSynthesiser:
         rng = np.random.default_rng([seed, n_streams])
         self.start_day = rng.integers(0, len(self.calendar), size=n_streams)
         self.temp_offset = rng.normal(0.0, TEMPERATURE_OFFSET_SD, size=n_streams).astype(np.float32)
+        # Each stream's first timestamp, as Python ints for the per-event arithmetic.
+        self.first_ts: list[int] = (START_MS + self.start_day * (DAY * HALF_HOUR_MS)).tolist()
 
     def block_day(self, block: int, day: int) -> tuple[Floats, Floats, npt.NDArray[np.int64]]:
         """Demand (GW), temperature (degC) ``[S, 48]`` and workday ``[S]`` of day ``day``

@@ -25,10 +25,10 @@ class GanConfig:
     hidden: int = 128
     # Width (half-hours) of the fixed Gaussian smoothing of the generator's output: demand
     # changes smoothly within a day, and an MLP's raw output is jagged at this data size.
-    smooth: float = 1.0
+    smooth: float = 0.0
     # The discriminator also sees the day's half-hour-to-half-hour changes, so the
     # generator is held to the real days' ramps and jumps, not only their levels.
-    diffs: bool = False
+    diffs: bool = True
     # Normalisation fitted on the training days (set by training, travels in the checkpoint).
     demand_mean: float = 0.0
     demand_std: float = 1.0

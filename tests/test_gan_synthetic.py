@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -45,14 +46,17 @@ def calendar() -> RealCalendar:
 
 
 def days_of(synth: SyntheticStreams, streams: int, days: int) -> dict[str, np.ndarray]:
-    """Per field ``[streams, days * 48]`` (the round-robin order the generator sends)."""
-    out: dict[str, list[list[float]]] = {"demand": [], "temperature": [], "workday": [], "ts": []}
-    for i in range(streams):
-        rows = [orjson.loads(synth.event(i, step)) for step in range(days * DAY)]
-        for k in ("demand", "temperature", "workday"):
-            out[k].append([r["values"][k] for r in rows])
-        out["ts"].append([r["ts"] for r in rows])
-    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+    """Per field ``[streams, days * 48]``, read in the generator's round-robin order."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in range(streams)]
+    for step in range(days * DAY):
+        for i in range(streams):
+            rows[i].append(orjson.loads(synth.event(i, step)))
+    out = {
+        k: np.asarray([[r["values"][k] for r in rs] for rs in rows], np.float64)
+        for k in ("demand", "temperature", "workday")
+    }
+    out["ts"] = np.asarray([[r["ts"] for r in rs] for rs in rows], np.float64)
+    return out
 
 
 def test_streams_are_distinct_realistic_and_repeatable(
