@@ -409,3 +409,12 @@ def test_shipped_frame_cnn_is_stateless_and_beats_its_baseline() -> None:
     assert entry.metrics["test_accuracy"] > entry.metrics["baseline_accuracy"]
     assert entry.metrics["test_images"] == 10_000
     assert parity() <= 1e-4
+
+
+def test_a_file_keras_cannot_read_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "broken.keras"
+    src.write_bytes(b"PK\x03\x04 not really a zip")
+    opts = _forecast("m", "window")
+    with pytest.raises(ImportError_, match="keras cannot load it"):
+        import_keras(src, opts, tmp_path / "o", tmp_path / "models" / "manifest.json", tmp_path)
+    assert not (tmp_path / "o").exists()
