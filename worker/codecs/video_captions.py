@@ -101,7 +101,11 @@ class CaptioningFrameCodec(FrameCodec):
     def generate(self, finished: Sequence[Finished], runner: StepRunner) -> list[dict[str, Any]]:
         """Captions for the records that complete a multiple of ``caption_every`` frames,
         all decoded together; ``{}`` for the others."""
-        counts = [round(float(f.states[COUNTER_STATE].reshape(-1)[0])) for f in finished]
+        # A stored state we did not write could hold anything: a non-finite or absurd count
+        # captions nothing rather than failing the batch.
+        raw = np.array([f.states[COUNTER_STATE].reshape(-1)[0] for f in finished], np.float64)
+        ok = np.isfinite(raw) & (raw >= 1) & (raw < 2.0**53)
+        counts = np.where(ok, np.rint(np.where(ok, raw, 0)), 0).astype(np.int64).tolist()
         due = [i for i, n in enumerate(counts) if n > 0 and n % self.caption_every == 0]
         out: list[dict[str, Any]] = [{} for _ in finished]
         if not due:
