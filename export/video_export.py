@@ -4,9 +4,11 @@ One step is one frame per camera: ``x`` ``[B, 1, H, W]`` float32 raw grey pixels
 plus ``state_in.h`` / ``state_in.c`` ``[1, B, hidden]``, the frame counter
 ``state_in.n`` ``[1, B, 1]`` and the previous frame ``state_in.prev`` ``[1, B, H*W]``;
 outputs ``probs`` ``[B, K]`` (fields = the motion classes) and the next state (the
-counter plus one, this frame as the next one's predecessor). The CNN and the LSTM cell are one ONNX
-graph: :func:`compare_layouts` times it against two chained sessions (CNN, then LSTM
-cell); one graph was faster at every batch size measured (figures in the model card).
+counter plus one, this frame as the next one's predecessor). The CNN and the LSTM cell are
+one ONNX graph: :func:`compare_layouts` times it against two chained sessions (CNN, then
+LSTM cell). For version 1 one graph was as fast or faster at every batch size; for version
+2 the runs on the loaded shared machine were dominated by noise (either layout ahead by up
+to 4x from one batch size to the next), so one graph stays: one file, one digest, one call.
 
 Parity is checked over whole clips of synthetic frames (seeded shapes moved along every
 motion), so ``models verify`` runs without the Fashion-MNIST package installed.
