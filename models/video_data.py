@@ -1,24 +1,16 @@
-"""Labelled motion clips built from real Fashion-MNIST images.
+"""Fashion-MNIST frames and simple single-object motion clips.
 
-No package ships a labelled action-video set, so the clips are half real, half synthetic:
-
-- **real**: every frame shows one Fashion-MNIST photograph (Debian ``dataset-fashion-mnist``,
-  idx files under ``/usr/share/datasets/fashion-mnist``);
-- **synthetic**: the motion. Each clip moves its image along one of :data:`MOTIONS` on a
-  small canvas with a random speed, start, length, brightness and pixel noise.
-
-The label is the motion, not the garment, and every motion starts from a random pose, so
-neither one frame nor a frame classifier can tell the class: a model has to compare frames.
-Training and validation clips draw on disjoint halves of the Fashion-MNIST *training* images;
-test clips use only the Fashion-MNIST *test* images, so no source image is shared across
-splits. Frames are stored as 8-bit grey values, as they arrive over Kafka.
+The shared pieces of the video models: :data:`MOTIONS` (the 8 classes), the idx reader for
+the Debian ``dataset-fashion-mnist`` files, :func:`render` (an image at a pose on a canvas,
+optionally wrapping around), and :func:`make_clips`: one image moving along one motion on a
+black canvas. Those simple clips serve parity checks and worker tests (with
+:func:`synthetic_images`, no data set needed); ``video_lstm`` version 1 was trained on
+them. Version 2 trains on the harder scenes of :mod:`statecast.models.video_scenes`.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,12 +18,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from statecast.contract.paths import cache_dir
-
-log = logging.getLogger(__name__)
-
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = cache_dir() / "video"
 
 MOTIONS: tuple[str, ...] = (
     "left",
@@ -257,13 +244,6 @@ def make_clips(
     return Clips(frames=frames, lengths=lengths, labels=labels, sources=sources)
 
 
-@dataclass(frozen=True)
-class SplitSizes:
-    train: int = 16_000
-    val: int = 2_000
-    test: int = 4_000
-
-
 def source_pools(train_images: U8, test_images: U8, seed: int) -> dict[Split, tuple[U8, I64]]:
     """Disjoint image pools with global ids (train image i -> i, test image j -> n_train + j).
 
@@ -279,40 +259,6 @@ def source_pools(train_images: U8, test_images: U8, seed: int) -> dict[Split, tu
         "val": (train_images[order[:n_val]], order[:n_val]),
         "test": (test_images, test_ids),
     }
-
-
-def build_splits(
-    seed: int = 0, sizes: SplitSizes = SplitSizes(), cfg: ClipConfig = ClipConfig()
-) -> dict[Split, Clips]:
-    """The three clip sets, cached under ``.cache/video`` (generation is deterministic)."""
-    digest = hashlib.sha256(repr((seed, sizes, cfg)).encode()).hexdigest()[:12]
-    path = CACHE_DIR / f"clips-{digest}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {
-                split: Clips(
-                    frames=z[f"{split}_frames"],
-                    lengths=z[f"{split}_lengths"],
-                    labels=z[f"{split}_labels"],
-                    sources=z[f"{split}_sources"],
-                )
-                for split in SPLITS
-            }
-    pools = source_pools(load_fashion_mnist("train"), load_fashion_mnist("t10k"), seed)
-    counts: dict[Split, int] = {"train": sizes.train, "val": sizes.val, "test": sizes.test}
-    out: dict[Split, Clips] = {}
-    for i, split in enumerate(SPLITS):
-        images, ids = pools[split]
-        out[split] = make_clips(images, counts[split], seed=seed * 1000 + i, cfg=cfg, ids=ids)
-        log.info("built %d %s clips from %d source images", counts[split], split, len(ids))
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        f"{split}_{name}": getattr(clips, name)
-        for split, clips in out.items()
-        for name in ("frames", "lengths", "labels", "sources")
-    }
-    np.savez(path, **arrays)
-    return out
 
 
 def synthetic_images(n: int, seed: int, size: int = 28) -> U8:
