@@ -75,7 +75,13 @@ def _opencv_doc_deb(cache: Path) -> Path:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
     # apt-get download fetches the .deb into the working directory without installing it.
-    subprocess.run(["apt-get", "download", OPENCV_DOC], cwd=folder, check=True)
+    try:
+        subprocess.run(["apt-get", "download", OPENCV_DOC], cwd=folder, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(
+            f"apt-get download {OPENCV_DOC} failed ({exc}); on a fresh machine the package "
+            "lists may be empty: run `sudo apt-get update` and try again"
+        ) from exc
     found = sorted(folder.glob(f"{OPENCV_DOC}_*.deb"))
     if not found:
         raise FileNotFoundError(f"apt-get download {OPENCV_DOC} left no .deb in {folder}")
