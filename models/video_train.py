@@ -11,6 +11,7 @@ after k frames for every k, beside the two baselines of
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class ClipDataset(Dataset[Item]):
         return self.frames[i], self.lengths[i], self.labels[i], self.garments[i], self.cameras[i]
 
 
-def clip_loss(model: nn.Module, batch: Item) -> Tensor:
+def clip_loss(model: nn.Module, batch: Item, aux_weight: float = AUX_WEIGHT) -> Tensor:
     """Cross-entropy after every real frame: motion, plus the auxiliary heads, weighted."""
     assert isinstance(model, VideoLSTM)
     frames, lengths, labels, garments, cameras = batch
@@ -74,7 +75,7 @@ def clip_loss(model: nn.Module, batch: Item) -> Tensor:
     for head, target in ((model.garment_head, garments), (model.camera_head, cameras)):
         if head is not None:
             aux = nn.functional.cross_entropy(head(h), target[:, None].expand(-1, t)[valid])
-            loss = loss + AUX_WEIGHT * aux
+            loss = loss + aux_weight * aux
     return loss
 
 
@@ -119,9 +120,11 @@ def train_video_lstm(
     checkpoint: Path = CHECKPOINT,
     progress: bool = True,
     baselines: bool = True,
+    aux_weight: float = AUX_WEIGHT,
 ) -> Path:
     """Build the scenes (cached), train, evaluate model and baselines on the test clips, save."""
     torch.set_num_threads(1)  # the machine is shared; one thread keeps runs comparable
+    checkpoint = Path(checkpoint)  # --set checkpoint=... arrives as text
     sizes = SceneSizes(train=train_clips)
     clip_cfg = SceneConfig()
     splits = build_scene_splits(seed=seed, sizes=sizes, cfg=clip_cfg)
@@ -143,7 +146,11 @@ def train_video_lstm(
     )
     started = time.monotonic()
     result = fit(
-        model, clip_loss, ClipDataset(splits["train"]), ClipDataset(splits["val"]), train_cfg
+        model,
+        functools.partial(clip_loss, aux_weight=aux_weight),
+        ClipDataset(splits["train"]),
+        ClipDataset(splits["val"]),
+        train_cfg,
     )
     seconds = time.monotonic() - started
     val = evaluate(model, splits["val"])
@@ -179,6 +186,7 @@ def train_video_lstm(
         "train_seconds": round(seconds, 1),
         "history": result.history,
         "seed": seed,
+        "aux_weight": aux_weight,
         "parameters": count_parameters(model),
         "clip_config": repr(clip_cfg),
     }
