@@ -58,7 +58,7 @@ def _level(grams: Int64s, counts: npt.NDArray[np.float64]) -> _Level:
         grams=grams,
         counts=counts,
         contexts=contexts,
-        denom=np.bincount(inverse, weights=counts),
+        denom=np.bincount(inverse, weights=counts).astype(np.float64),
         types=np.bincount(inverse).astype(np.float64),
         discount=_discount(counts),
     )

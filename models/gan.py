@@ -118,7 +118,8 @@ class DemandGan(nn.Module):
     def sample(self, z: torch.Tensor, cond_raw: torch.Tensor) -> torch.Tensor:
         """Demand in GW ``[B, 48]`` for raw conditions ``[B, 49]``."""
         c = self.config
-        return self.generator(z, normalise_condition(cond_raw, c)) * c.demand_std + c.demand_mean
+        day: torch.Tensor = self.generator(z, normalise_condition(cond_raw, c))
+        return day * c.demand_std + c.demand_mean
 
 
 class GeneratorExport(nn.Module):

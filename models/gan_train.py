@@ -3,9 +3,9 @@
 The Keras tutorial's recipe: alternate one discriminator step (real days labelled 0.9,
 one-sided label smoothing, generated days 0) and one generator step (non-saturating loss),
 Adam at 2e-4 with beta1 0.5, a fixed number of steps, seeded; plus a feature-matching
-term for the generator (batch means of levels and half-hour changes). Each real training day is
-and generated day reaches the discriminator with small Gaussian instance noise, so 292
-days do not let it memorise.
+term for the generator (batch means of levels and half-hour changes). Real days reach the
+discriminator with small Gaussian instance noise, so 292 days do not let it memorise; the
+generator's step scores its days with the same noise added.
 
 Realism (models/gan_realism.py) is measured on the held-out days: the generator gets each
 held-out day's real temperature profile and workday flag and fresh noise, and its days are
@@ -156,9 +156,9 @@ def train_gan_demand(
         cond = conds[idx]
         z = torch.randn(batch, noise_dim, generator=gen)
         fake = g(z, cond)
-        # Instance noise on both real and generated days: the discriminator cannot win on
-        # fine detail it could only memorise from 292 days, and the generator is not
-        # rewarded for imitating the noise (it is added to its days too).
+        # Instance noise: the discriminator sees real days with it (it cannot win on fine
+        # detail it could only memorise from 292 days) and generated days as they are; the
+        # generator is scored on its days with the same noise added.
         real = real_days[idx] + jitter * torch.randn(batch, real_days.shape[1], generator=gen)
         fake_seen = fake + jitter * torch.randn(batch, real_days.shape[1], generator=gen)
         gan.train()
@@ -166,7 +166,7 @@ def train_gan_demand(
             d(fake.detach(), cond), torch.zeros(batch, 1)
         )
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()  # type: ignore[no-untyped-call]
+        loss_d.backward()
         opt_d.step()
         loss_g = bce(d(fake_seen, cond), torch.ones(batch, 1))
         if feature_matching > 0:
@@ -179,7 +179,7 @@ def train_gan_demand(
                 _features(fake).mean(dim=0), _features(real_clean).mean(dim=0)
             )
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()  # type: ignore[no-untyped-call]
+        loss_g.backward()
         opt_g.step()
         done = step + 1
         if done % 200 == 0:

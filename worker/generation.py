@@ -63,7 +63,7 @@ def probabilities(
         kth = np.partition(z, -top_k, axis=1)[:, -top_k][:, None]
         z = np.where(z >= kth, z, -np.inf)
     z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
+    p: npt.NDArray[np.float64] = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     return p
 
@@ -73,7 +73,8 @@ def sample(probs: npt.NDArray[np.float64], uniforms: npt.NDArray[np.float64]) ->
     cdf = np.cumsum(probs, axis=1)
     # u * total rather than u: cumsum's last entry may fall a hair short of 1.0.
     idx = (cdf < (uniforms * cdf[:, -1])[:, None]).sum(axis=1)
-    return np.minimum(idx, probs.shape[1] - 1).astype(np.int64)
+    out: Tokens = np.minimum(idx, probs.shape[1] - 1).astype(np.int64)
+    return out
 
 
 def decode(
