@@ -47,9 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, help="sentiment: tokenizers JSON file")
     parser.add_argument("--chunk", type=int, default=128, help="sentiment: tokens per step")
     parser.add_argument("--version", default="1")
-    parser.add_argument(
-        "--sample", type=Path, help=".npy of real inputs for a second parity check"
-    )
+    parser.add_argument("--sample", type=Path, help=".npy of real inputs for a second parity check")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: <root>/models/onnx")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
 
