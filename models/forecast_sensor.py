@@ -247,7 +247,7 @@ def train_sensor_quantile(
     hidden: int = 64,
     mlp_hidden: int = 128,
     dropout: float = 0.2,
-    h1_boost: float = 4.0,
+    h1_boost: float = 10.0,
     calibration_smooth: int = 3,
     window: int = 48,
     lr: float = 2e-3,
