@@ -23,6 +23,7 @@ from statecast import cli
 from statecast.contract.manifest import load_manifest
 from statecast.contract.spec import ModelSpec, OutputSpec, TensorSpec
 from statecast.export.keras.importer import ImportError_, ImportOptions, import_keras
+from statecast.export.keras.layers import ACTIVATIONS
 from statecast.export.step_export import read_spec
 
 pytestmark = [
@@ -418,3 +419,18 @@ def test_a_file_keras_cannot_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImportError_, match="keras cannot load it"):
         import_keras(src, opts, tmp_path / "o", tmp_path / "models" / "manifest.json", tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_supported_activation_matches_keras(name: str) -> None:
+    import torch
+
+    from statecast.export.keras.graph import convert_model
+
+    _seeded()
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4, activation=name)])
+    x = np.random.default_rng(0).normal(scale=2.0, size=(8, 5)).astype(np.float32)
+    with torch.no_grad():
+        got, _ = convert_model(model).chain(torch.from_numpy(x), None)
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)

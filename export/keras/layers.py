@@ -53,7 +53,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "softsign": F.softsign,
     "silu": F.silu,
     "swish": F.silu,
-    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,  # Keras 3 default: the exact (erf) form
     "exponential": torch.exp,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
 }
