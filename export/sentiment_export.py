@@ -1,9 +1,11 @@
-"""Export the sentiment LSTM as a step model and check its parity.
+"""Export the sentiment model (LSTM + running n-gram term) as a step model; check its parity.
 
-The step graph (``statecast.models.sentiment.SentimentStep``) takes ``x`` ``[B, T]`` int64 token ids
-and ``lengths`` ``[B]`` int64, carries ``state_in.h`` / ``state_in.c`` and outputs
-``positive`` ``[B, 1]``. ``spec.preprocess`` tells the worker which tokenizer to load (path
-relative to the ONNX file's directory, pinned by sha256) and the longest chunk one step takes.
+The step graph (``statecast.models.sentiment.HybridStep``) takes ``x`` ``[B, T]`` int64 token
+ids and ``lengths`` ``[B]`` int64, carries ``state_in.h`` / ``state_in.c`` (the LSTM) and
+``state_in.ngram`` ``[1, B, 4]`` (running n-gram sum, token count, last two token ids) and
+outputs ``positive`` ``[B, 1]``, the tempered mix of both parts' logits. ``spec.preprocess``
+tells the worker which tokenizer to load (path relative to the ONNX file's directory, pinned
+by sha256) and the longest chunk one step takes.
 
 Parity is checked over whole texts cut into chunks: at every step each row's output must
 equal the PyTorch model's score of that row's text read so far, for texts of mixed
@@ -27,13 +29,13 @@ from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import check_parity, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
-from statecast.models.sentiment import SentimentLSTM, SentimentStep
+from statecast.models.sentiment import NGRAM_STATE, HybridStep, SentimentHybrid
 from statecast.models.trainer import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 NAME = "sentiment_lstm"
-VERSION = "1"
+VERSION = "2"
 MODELS_DIR = PACKAGE_ROOT / "models"
 ONNX_PATH = MODELS_DIR / "onnx" / f"{NAME}.onnx"
 CHECKPOINT_PATH = MODELS_DIR / "checkpoints" / f"{NAME}.pt"
@@ -48,15 +50,15 @@ PARITY_CHUNKS = (MAX_CHUNK_TOKENS, 37)
 PARITY_MAX_TOKENS = 700
 
 
-def load_model(path: Path = CHECKPOINT_PATH) -> tuple[SentimentLSTM, dict[str, Any]]:
+def load_model(path: Path = CHECKPOINT_PATH) -> tuple[SentimentHybrid, dict[str, Any]]:
     model, ckpt = load_checkpoint(path)
-    if not isinstance(model, SentimentLSTM):
-        raise TypeError(f"{path} does not hold a SentimentLSTM")
+    if not isinstance(model, SentimentHybrid):
+        raise TypeError(f"{path} does not hold a SentimentHybrid")
     return model, ckpt.meta
 
 
-def build_spec(model: SentimentLSTM, tokenizer: Path = TOKENIZER_PATH) -> ModelSpec:
-    cfg = model.config
+def build_spec(model: SentimentHybrid, tokenizer: Path = TOKENIZER_PATH) -> ModelSpec:
+    cfg = model.config.lstm
     return ModelSpec(
         name=NAME,
         version=VERSION,
@@ -72,7 +74,13 @@ def build_spec(model: SentimentLSTM, tokenizer: Path = TOKENIZER_PATH) -> ModelS
                 description="P(positive sentiment) of the text read so far",
             ),
         ),
-        states=(StateSpec("h", 1, cfg.hidden), StateSpec("c", 1, cfg.hidden)),
+        states=(
+            StateSpec("h", 1, cfg.hidden),
+            StateSpec("c", 1, cfg.hidden),
+            # Running n-gram sum, token count, second-last and last token id (exact as
+            # float32 below 2**24): the n-gram term's whole memory.
+            StateSpec("ngram", 1, NGRAM_STATE),
+        ),
         preprocess={
             # Relative to the ONNX file's directory: the worker hands codecs that directory.
             "tokenizer": Path(os.path.relpath(tokenizer, ONNX_PATH.parent)).as_posix(),
@@ -102,7 +110,7 @@ def _chunk_steps(
 
 
 def reference_outputs(
-    model: SentimentLSTM, texts: list[npt.NDArray[np.int64]], chunk: int
+    model: SentimentHybrid, texts: list[npt.NDArray[np.int64]], chunk: int
 ) -> list[dict[str, npt.NDArray[np.float32]]]:
     """Per step, the PyTorch model's score of every row's prefix read so far."""
     n_steps = max(-(-len(t) // chunk) for t in texts)
@@ -112,7 +120,7 @@ def reference_outputs(
         for k in range(n_steps):
             prefixes = [t[: (k + 1) * chunk] for t in texts]
             lengths = torch.tensor([len(p) for p in prefixes])
-            tokens = torch.full((len(texts), int(lengths.max())), model.config.pad_id)
+            tokens = torch.full((len(texts), int(lengths.max())), model.config.lstm.pad_id)
             for i, p in enumerate(prefixes):
                 tokens[i, : len(p)] = torch.from_numpy(p)
             prob = torch.sigmoid(model(tokens, lengths)).unsqueeze(-1)
@@ -139,9 +147,9 @@ def parity_sentiment_lstm(onnx_path: Path = ONNX_PATH) -> float:
     model, _ = load_model()
     worst = 0.0
     for batch in (1, 64):
-        texts = parity_texts(model.config.vocab_size, batch, seed=PARITY_SEED + batch)
+        texts = parity_texts(model.config.lstm.vocab_size, batch, seed=PARITY_SEED + batch)
         for chunk in PARITY_CHUNKS:
-            steps = _chunk_steps(texts, chunk, model.config.pad_id)
+            steps = _chunk_steps(texts, chunk, model.config.lstm.pad_id)
             expected = reference_outputs(model, texts, chunk)
             diff = step_parity(onnx_path, cast(Any, steps), cast(Any, expected))
             log.info(
@@ -155,32 +163,50 @@ def parity_sentiment_lstm(onnx_path: Path = ONNX_PATH) -> float:
     return worst
 
 
+def manifest_metrics(meta: dict[str, Any]) -> dict[str, Any]:
+    """Test-split figures for the manifest: the model beside its baselines, same split."""
+    tfidf = meta.get("baseline_tfidf-lr", {})
+    nb = meta.get("baseline_naive-bayes", {})
+    return {
+        "test_accuracy": meta["test_accuracy"],
+        "baseline": "tfidf-lr",
+        "baseline_accuracy": tfidf.get("test_accuracy"),
+        "baseline_naive_bayes_accuracy": nb.get("test_accuracy"),
+        "previous_lstm_accuracy": meta.get("test_accuracy_lstm_only"),
+        "ngram_only_accuracy": meta.get("test_accuracy_ngram_only"),
+        "mcnemar_z_vs_baseline": meta.get("mcnemar_z_vs_tfidf-lr"),
+        "val_accuracy": meta.get("val_accuracy"),
+        "test_ece": meta.get("test_ece"),
+        "test_ece_before_temperature": meta.get("test_ece_before_temperature"),
+        "temperature": meta.get("temperature"),
+        "test_tercile_accuracy": meta.get("test_terciles", {}).get("accuracy"),
+        "split_sizes": meta.get("split_sizes"),
+    }
+
+
 def export_sentiment_lstm() -> ManifestEntry:
     """Write ``models/onnx/sentiment_lstm.onnx`` from the checkpoint; upsert the manifest."""
     model, meta = load_model()
     if meta.get("tokenizer_sha256") != sha256_file(TOKENIZER_PATH):
         raise ValueError("the shipped tokenizer is not the one the checkpoint was trained with")
     spec = build_spec(model)
-    step = SentimentStep(model).eval()
+    step = HybridStep(model).eval()
+    hidden = model.config.lstm.hidden
     example = (
         torch.ones(2, 8, dtype=torch.int64),
         torch.tensor([8, 3]),
-        torch.zeros(1, 2, model.config.hidden),
-        torch.zeros(1, 2, model.config.hidden),
+        torch.zeros(1, 2, hidden),
+        torch.zeros(1, 2, hidden),
+        torch.zeros(1, 2, NGRAM_STATE),
     )
     export_step_model(step, spec, ONNX_PATH, inputs=example, doc=__doc__ or "")
     diff = check_parity(parity_sentiment_lstm(), NAME)
-    metrics = {
-        "test_accuracy": meta["test_accuracy"],
-        "baseline_accuracy": meta.get("baseline_accuracy"),
-        "baseline": "majority-class",
-        "test_accuracy_last_max_len": meta.get("test_accuracy_last_max_len"),
-        "val_accuracy": meta.get("val_accuracy"),
-        "split_sizes": meta.get("split_sizes"),
-        "parity_max_abs_diff": diff,
-    }
-    entry = manifest_entry(spec, ONNX_PATH, metrics)
-    tok_rel = TOKENIZER_PATH.resolve().relative_to(PACKAGE_ROOT.resolve()).as_posix()
+    metrics = manifest_metrics(meta)
+    metrics["parity_max_abs_diff"] = diff
+    # Resolved: in a checkout statecast/models is a link to the top-level models/ folder.
+    root = MODELS_DIR.resolve().parent
+    entry = manifest_entry(spec, ONNX_PATH, metrics, root=root)
+    tok_rel = TOKENIZER_PATH.resolve().relative_to(root).as_posix()
     entry = dataclasses.replace(
         entry, artefacts={"tokenizer": Artefact(tok_rel, sha256_file(TOKENIZER_PATH))}
     )

@@ -25,7 +25,6 @@ Floats = npt.NDArray[np.float64]
 ECE_BINS = 15
 # The step's chunk length, as the exporter sets it (export.sentiment_export.MAX_CHUNK_TOKENS).
 CHUNK_TOKENS = 128
-BLEND_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 MIX_GRID = tuple(round(0.025 * i, 3) for i in range(41))
 
 
@@ -92,30 +91,24 @@ def fit_temperature(z: Floats, labels: npt.NDArray[np.int64]) -> float:
 
 def fit_mix(
     z_lstm: Floats,
-    z_plain: Floats,
-    z_nb: Floats,
+    z_ngram: Floats,
     labels: npt.NDArray[np.int64],
-    blend_grid: Sequence[float] = BLEND_GRID,
-    mix_grid: Sequence[float] = MIX_GRID,
-) -> tuple[float, float, float]:
-    """``(blend, mix, temperature)`` by validation log loss.
+    grid: Sequence[float] = MIX_GRID,
+) -> tuple[float, float]:
+    """``(mix, temperature)``: the LSTM's share of the logit, then T, by validation log loss.
 
-    The n-gram logit is ``blend * z_plain + (1 - blend) * z_nb`` (two regressions on the
-    same columns, so still one table); the LSTM's share of the final logit is ``mix``; for
-    each pair on the grids a temperature is fitted and the lowest log loss wins (log loss,
-    not accuracy: on 4,958 reviews it varies smoothly where accuracy is noisy).
+    For each mix on the grid a temperature is fitted; the pair with the lowest log loss wins
+    (log loss, not accuracy: on 4,958 reviews it varies smoothly where accuracy is noisy).
     """
-    best: tuple[float, float, float, float] | None = None
-    for blend in blend_grid:
-        z_ngram = blend * z_plain + (1 - blend) * z_nb
-        for mix in mix_grid:
-            z = mix * z_lstm + (1 - mix) * z_ngram
-            t = fit_temperature(z, labels)
-            loss = log_loss(z / t, labels)
-            if best is None or loss < best[3]:
-                best = (blend, mix, t, loss)
-    assert best is not None, "a grid is empty"
-    return best[0], best[1], best[2]
+    best: tuple[float, float, float] | None = None
+    for mix in grid:
+        z = mix * z_lstm + (1 - mix) * z_ngram
+        t = fit_temperature(z, labels)
+        loss = log_loss(z / t, labels)
+        if best is None or loss < best[2]:
+            best = (mix, t, loss)
+    assert best is not None, "the mix grid is empty"
+    return best[0], best[1]
 
 
 def tercile_accuracy(

@@ -8,9 +8,11 @@ state can carry: the sum of per-token weights and the count. Raw counts, not the
 or log-scaled ones NBSVM prefers, because a running sum cannot know whether an n-gram
 has been seen before in the stream.
 
-Two such regressions are fitted, one on the plain columns and one NBSVM-style on columns
-scaled by naive Bayes log-count ratios; both are weights on the same columns, so a blend of
-the two is again one table of weights. scikit-learn's liblinear solver fits each in minutes.
+The shipped term is fitted NBSVM-style (Wang & Manning 2012): the columns are scaled by
+naive Bayes log-count ratios before the regression, and the ratios are folded back into the
+weights, so serving needs nothing but the weight tables. On validation this scored 0.927
+against 0.914 for the same regression on unscaled columns (C = 10 both; 0.918 for TF-IDF +
+LR). scikit-learn's liblinear solver fits it in minutes.
 """
 
 from __future__ import annotations

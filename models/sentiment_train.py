@@ -46,8 +46,7 @@ CHECKPOINT_PATH = PACKAGE_ROOT / "models" / "checkpoints" / f"{MODEL_NAME}.pt"
 # The n-gram term (stage 2): hashed table size, length exponent and the C values tried.
 NGRAM_BUCKETS = 1_048_573
 NGRAM_ALPHA = 0.5
-NGRAM_C_GRID = (10.0,)
-NGRAM_NB_C_GRID = (1.0,)
+NGRAM_C_GRID = (10.0, 30.0)
 
 IdList = list[npt.NDArray[np.int64]]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -328,16 +327,14 @@ def train_sentiment_lstm(
     buckets: int = NGRAM_BUCKETS,
     alpha: float = NGRAM_ALPHA,
     ngram_c: Sequence[float] = NGRAM_C_GRID,
-    ngram_nb_c: Sequence[float] = NGRAM_NB_C_GRID,
     baselines: bool = True,
 ) -> Path:
     """Train all stages; write the checkpoint with its figures.
 
     1. the LSTM (skipped with ``lstm_from``: a checkpoint whose LSTM is reused as is);
-    2. the hashed n-gram term: two logistic regressions fitted with scikit-learn, one on
-       the plain n-gram columns, one on NB-scaled columns (NBSVM);
-    3. the blend of those two, the mix with the LSTM logit and a temperature, all fitted
-       on validation;
+    2. the hashed n-gram term: a logistic regression on NB-scaled n-gram columns (NBSVM),
+       fitted with scikit-learn, ``C`` chosen on validation accuracy;
+    3. the mix of the LSTM and n-gram logits and a temperature, fitted on validation;
     4. evaluation on the test split beside the TF-IDF + LR and naive Bayes baselines.
 
     ``max_seconds`` (stage 1 only) defaults to no limit: early stopping ends the run, and a
@@ -378,28 +375,25 @@ def train_sentiment_lstm(
     x_train = ngram_matrix(enc.train[0], vocab, buckets, alpha)
     x_val = ngram_matrix(enc.val[0], vocab, buckets, alpha)
     log.info("n-gram features: %d x %d, %d non-zeros", *x_train.shape, x_train.nnz)
-    fits = [
-        fit_ngram_weights(x_train, enc.train[1], x_val, enc.val[1], vocab, buckets, grid, nb)
-        for grid, nb in ((ngram_c, False), (ngram_nb_c, True))
-    ]
+    ngram = fit_ngram_weights(
+        x_train, enc.train[1], x_val, enc.val[1], vocab, buckets, ngram_c, nb_scaled=True
+    )
     del x_train, x_val
-    plain, nbsvm = fits
-    blend, mix, temperature = ev.fit_mix(z_lstm_val, plain.val_logits, nbsvm.val_logits, enc.val[1])
+    mix, temperature = ev.fit_mix(z_lstm_val, ngram.val_logits, enc.val[1])
     with torch.no_grad():
-        for name in ("uni", "bi", "tri"):
-            table = blend * getattr(plain, name) + (1 - blend) * getattr(nbsvm, name)
-            getattr(model.ngrams, name).copy_(torch.from_numpy(table))
-        model.ngrams.bias.fill_(blend * plain.bias + (1 - blend) * nbsvm.bias)
+        model.ngrams.uni.copy_(torch.from_numpy(ngram.uni))
+        model.ngrams.bi.copy_(torch.from_numpy(ngram.bi))
+        model.ngrams.tri.copy_(torch.from_numpy(ngram.tri))
+        model.ngrams.bias.fill_(ngram.bias)
         model.mix.fill_(mix)
         model.temperature.fill_(temperature)
     log.info(
-        "n-gram stage %.0f s; blend %.1f (plain LR share), mix %.3f (LSTM share), T %.3f",
+        "n-gram stage %.0f s; mix %.3f (LSTM share), temperature %.3f",
         time.monotonic() - stage2,
-        blend,
         mix,
         temperature,
     )
-    val_parts = (z_lstm_val, blend * plain.val_logits + (1 - blend) * nbsvm.val_logits)
+    val_parts = (z_lstm_val, ngram.val_logits)
 
     meta = ev.evaluate_hybrid(model, enc, splits, val_parts, baselines)
     meta.update(
@@ -409,9 +403,8 @@ def train_sentiment_lstm(
             "ngram": {
                 "buckets": buckets,
                 "alpha": alpha,
-                "plain": {**plain.summary(), "C_grid": list(ngram_c)},
-                "nb_scaled": {**nbsvm.summary(), "C_grid": list(ngram_nb_c)},
-                "blend": blend,
+                **ngram.summary(),
+                "C_grid": list(ngram_c),
             },
             "mix": mix,
             "temperature": temperature,

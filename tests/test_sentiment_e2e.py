@@ -1,7 +1,8 @@
 """Text routes end to end: Kafka -> worker (TextCodec) -> Redis state -> predictions.
 
-One worker serves two routes of the same sentiment step model (tiny random weights, the
-shipped tokenizer, 8-token chunks so most messages take several steps): one topic per
+One worker serves two routes of the same sentiment step model (the version-2 layout: LSTM
+plus running n-gram term, tiny random weights, the shipped tokenizer, 8-token chunks so most
+messages take several steps): one topic per
 message, one per conversation. The reference is the same ONNX step run offline over each
 conversation, chunk by chunk: from a zero state per message, or carrying the state
 across the conversation's messages.
@@ -26,7 +27,14 @@ from statecast.contract.manifest import Artefact, sha256_file, upsert_entry
 from statecast.export import sentiment_export as se
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.loadtest.text_streams import Conversation, event_bytes, round_robin
-from statecast.models.sentiment import SentimentConfig, SentimentLSTM, SentimentStep, zero_state
+from statecast.models.sentiment import (
+    NGRAM_STATE,
+    HybridConfig,
+    HybridStep,
+    SentimentConfig,
+    SentimentHybrid,
+    zero_state,
+)
 from statecast.models.sentiment_data import TOKENIZER_PATH, load_tokenizer
 from statecast.worker.loop import Worker
 from statecast.worker.routing import Route
@@ -57,12 +65,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     shutil.copy(TOKENIZER_PATH, root / "models" / "tokenizer" / "sentiment_lstm.json")
     torch.manual_seed(0)
     config = SentimentConfig(vocab_size=load_tokenizer().get_vocab_size(), embed_dim=8, hidden=12)
-    model = SentimentLSTM(config).eval()
+    model = SentimentHybrid(HybridConfig(lstm=config, buckets=1009)).eval()
+    with torch.no_grad():  # n-gram weights that move the prediction, so the test sees them
+        for table in (model.ngrams.uni, model.ngrams.bi, model.ngrams.tri):
+            table.normal_()
     spec = se.build_spec(model)
     spec = dataclasses.replace(spec, preprocess={**spec.preprocess, "max_chunk_tokens": CHUNK})
     path = root / "models" / "onnx" / "sentiment_lstm.onnx"
-    example = (torch.ones(2, 8, dtype=torch.int64), torch.tensor([8, 3]), *zero_state(config, 2))
-    export_step_model(SentimentStep(model), spec, path, inputs=example)
+    example = (
+        torch.ones(2, 8, dtype=torch.int64),
+        torch.tensor([8, 3]),
+        *zero_state(config, 2),
+        torch.zeros(1, 2, NGRAM_STATE),
+    )
+    export_step_model(HybridStep(model), spec, path, inputs=example)
     tok = root / "models" / "tokenizer" / "sentiment_lstm.json"
     entry = manifest_entry(spec, path, {}, root=root)
     entry = dataclasses.replace(
@@ -86,23 +102,31 @@ def conversations(prefix: str, n: int) -> list[Conversation]:
     ]
 
 
-def offline(model: TinyModel, conv: Conversation, carry: bool) -> tuple[list[float], Any]:
-    """Predictions after each message, and the final ``h``, running the step per chunk."""
+def offline(
+    model: TinyModel, conv: Conversation, carry: bool
+) -> tuple[list[float], dict[str, Any]]:
+    """Predictions after each message, and the final states, running the step per chunk."""
     sess = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
     tok = load_tokenizer()
-    hidden = model.spec.states[0].hidden
-    h = c = np.zeros((1, 1, hidden), np.float32)
+    states = model.spec.states
+    names = ["positive"] + [s.output_name for s in states]
+
+    def zeros() -> dict[str, Any]:
+        return {s.input_name: np.zeros((s.layers, 1, s.hidden), np.float32) for s in states}
+
+    state = zeros()
     preds: list[float] = []
     for text in conv.messages:
         if not carry:
-            h = c = np.zeros((1, 1, hidden), np.float32)
+            state = zeros()
         ids = np.asarray(tok.encode(text).ids, np.int64)
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK][None, :]
             feeds = {"x": chunk, "lengths": np.array([chunk.shape[1]], np.int64)}
-            p, h, c = sess.run(None, {**feeds, "state_in.h": h, "state_in.c": c})
+            p, *new = sess.run(names, {**feeds, **state})
+            state = {s.input_name: v for s, v in zip(states, new, strict=True)}
         preds.append(float(p[0, 0]))
-    return preds, h[:, 0, :]
+    return preds, {s.name: state[s.input_name][:, 0, :] for s in states}
 
 
 def records_of(convs: list[Conversation]) -> list[tuple[bytes, bytes]]:
@@ -166,7 +190,7 @@ async def test_message_and_conversation_modes_through_kafka_and_redis(
         for conv, carry in [(c, False) for c in per_message] + [
             (c, True) for c in per_conversation
         ]:
-            want, want_h = offline(tiny, conv, carry)
+            want, want_states = offline(tiny, conv, carry)
             rows = by_stream[conv.stream]
             assert [p["ts"] for p in rows] == [1_700_000_000_000 + k for k in range(len(want))]
             np.testing.assert_allclose([p["prediction"]["positive"] for p in rows], want, atol=1e-5)
@@ -178,7 +202,10 @@ async def test_message_and_conversation_modes_through_kafka_and_redis(
                 assert isinstance(raw, bytes)
                 stored = codec.decode(raw).state
                 assert stored is not None
-                np.testing.assert_allclose(stored.tensors["h"], want_h, atol=1e-5)
+                for name in ("h", "ngram"):
+                    np.testing.assert_allclose(
+                        stored.tensors[name], want_states[name], rtol=1e-6, atol=1e-5
+                    )
     finally:
         await client.aclose()
     # The modes really differ: a conversation's later messages depend on its earlier ones.
