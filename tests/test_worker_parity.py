@@ -17,6 +17,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from statecast.contract.calendar import derive
 from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
 from statecast.contract.spec import ModelSpec
 from statecast.worker.devstack import TANSU_SESSION_TIMEOUT_MS
@@ -41,8 +42,12 @@ def shipped(name: str) -> tuple[Path, ModelSpec]:
     return path, ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
 
 
-def offline(path: Path, spec: ModelSpec, rows: np.ndarray[Any, Any]) -> list[list[float]]:
+def offline(
+    path: Path, spec: ModelSpec, rows: np.ndarray[Any, Any], ts: np.ndarray[Any, Any]
+) -> list[list[float]]:
     """The exported step over one stream at batch 1, carrying state: flattened outputs."""
+    derived = derive(list(spec.preprocess.get("derived_features", ())), ts)
+    rows = np.concatenate([rows.astype(np.float32), derived], axis=1)
     sess = build_session(path)
     states = {s.name: np.zeros((s.layers, 1, s.hidden), np.float32) for s in spec.states}
     out_name = spec.outputs[0].name
@@ -61,7 +66,9 @@ def flat(pred: dict[str, Any], spec: ModelSpec) -> list[float]:
     o = spec.outputs[0]
     v = pred[o.name]
     if o.fields:
-        return [float(v[f]) for f in o.fields]
+        # A multi-horizon output is one list per field ([H] each); the graph's is [H, fields].
+        cols = [np.atleast_1d(np.asarray(v[f], dtype=np.float64)) for f in o.fields]
+        return [float(x) for x in np.stack(cols, axis=-1).ravel()]
     return [float(v)] if not isinstance(v, list) else [float(x) for x in v]
 
 
@@ -141,7 +148,7 @@ async def test_replayed_real_series_match_the_exported_models_offline(
         preds = by_stream[s]
         assert [p["ts"] for p in preds] == [int(t) for t in ts]  # order kept per stream
         assert {p["model"] for p in preds} == {spec.ref}
-        want = np.array(offline(path, spec, rows))
+        want = np.array(offline(path, spec, rows, ts))
         have = np.array([flat(p["prediction"], spec) for p in preds])
         worst = max(worst, float(np.abs(want - have).max()))
         np.testing.assert_allclose(have, want, atol=1e-4, rtol=0)
