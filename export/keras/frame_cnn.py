@@ -73,7 +73,7 @@ def build_model() -> Any:
     )
 
 
-def train_frame_cnn(epochs: int = 3, seed: int = SEED, **_: Any) -> tuple[Any, dict[str, float]]:
+def train_frame_cnn(epochs: int = 5, seed: int = SEED, **_: Any) -> tuple[Any, dict[str, float]]:
     """Train the CNN (Keras, torch backend, one thread); returns the model and its figures."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
@@ -139,7 +139,7 @@ def save_weights_only_model(model: Any, path: Path) -> None:
     clone.save(path)
 
 
-def train(epochs: int = 3, seed: int = SEED, **kwargs: Any) -> Path:
+def train(epochs: int = 5, seed: int = SEED, **kwargs: Any) -> Path:
     """Registry ``train``: writes ``examples/fashion_cnn.keras`` and the figures beside it."""
     import json
 
