@@ -87,6 +87,13 @@ def test_streams_are_distinct_realistic_and_repeatable(
     assert other.event(0, 5) != synth.event(0, 5)
 
 
+def test_replay_cli_refuses_synthetic_prices() -> None:
+    from statecast.cli import main
+
+    with pytest.raises(SystemExit, match="sensor"):
+        main(["replay", "--synthetic", "gan", "--topic", "prices", "--bootstrap", "x:1"])
+
+
 def test_onnx_generator_matches_pytorch() -> None:
     assert gan_export.parity_gan_demand() <= 1e-4
 
