@@ -132,9 +132,9 @@ def logistic_baseline(
 
 def save_weights_only_model(model: Any, path: Path) -> None:
     """Save ``model`` without its optimizer state (a compiled model's file is ~3x larger)."""
-    import keras
-
-    clone = keras.models.clone_model(model)
+    # From the config, not keras.models.clone_model: a clone of a compiled model keeps
+    # its optimizer.
+    clone = type(model).from_config(model.get_config())
     clone.set_weights(model.get_weights())
     clone.save(path)
 
