@@ -319,7 +319,7 @@ def train_sentiment_lstm(
     val_size: int = 2000,
     seed: int = 0,
     retrain_tokenizer: bool = False,
-    checkpoint: Path = CHECKPOINT_PATH,
+    checkpoint: Path | str = CHECKPOINT_PATH,
     progress: bool = True,
     threads: int | None = 1,
     warm: bool = True,
@@ -341,6 +341,7 @@ def train_sentiment_lstm(
     wall-clock cut would make the result depend on the machine's load.
     """
     started = time.monotonic()
+    checkpoint = Path(checkpoint)  # `statecast train --set checkpoint=...` passes a string
     if threads is not None:
         # On a CPU shared with other jobs, intra-op threads spin against each other: one
         # thread measured 3x more batches per CPU-second than two.

@@ -155,4 +155,5 @@ def test_shipped_model_parity_and_manifest() -> None:
     assert entry.metrics["test_accuracy"] >= 0.92
     assert entry.metrics["test_accuracy"] > entry.metrics["baseline_accuracy"]
     assert entry.artefacts["tokenizer"].path == "models/tokenizer/sentiment_lstm.json"
-    assert se.parity_sentiment_lstm() <= PARITY_TOLERANCE
+    # A smaller batch than `models verify` uses keeps this test fast; same graph, same check.
+    assert se.parity_sentiment_lstm(batches=(1, 4)) <= PARITY_TOLERANCE
