@@ -161,6 +161,17 @@ def _peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _close(a: Any, b: Any) -> bool:
+    """Two predictions equal up to ``STATE_ATOL`` (numbers) and exactly (everything else)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int):
+        return abs(a - b) <= STATE_ATOL
+    return bool(a == b)
+
+
 def _stop_line(log_path: Path) -> str:
     """How a run ended, from its log: the fault hook's line or the worker's stop summary."""
     for line in reversed(log_path.read_text(errors="replace").splitlines()):
@@ -331,10 +342,10 @@ async def run_soak(cfg: SoakConfig) -> dict[str, Any]:
     # -- outcomes ----------------------------------------------------------------------
     pred_msgs = await _read_all(cfg.bootstrap, preds)
     dead_msgs = await _read_all(cfg.bootstrap, dlq)
-    by_id: dict[str, list[bytes]] = {}
+    by_id: dict[str, list[Any]] = {}
     for m in pred_msgs:
         body = orjson.loads(m.value)
-        by_id.setdefault(body["id"], []).append(orjson.dumps(body["prediction"]))
+        by_id.setdefault(body["id"], []).append(body["prediction"])
     dead_by_source: dict[str, set[str]] = {}
     for m in dead_msgs:
         headers = dict(m.headers)
@@ -361,7 +372,9 @@ async def run_soak(cfg: SoakConfig) -> dict[str, Any]:
             if rec.reason not in reasons:
                 wrong_reason[f"{rec.hostile}: {sorted(reasons)} != {rec.reason}"] += 1
     duplicates = sum(len(v) - 1 for v in by_id.values())
-    differing = sum(1 for v in by_id.values() if len(set(v)) > 1)
+    # A replayed record is recomputed in another batch: other wave sizes can move float32
+    # results in the last bits, so duplicates must agree within the state tolerance.
+    differing = sum(1 for v in by_id.values() if any(not _close(v[0], o) for o in v[1:]))
     for bad in ("both", "none", "several_reasons", "valid_dead_lettered", "hostile_predicted"):
         if outcome_counts[bad]:
             failures.append(f"{outcome_counts[bad]} input offsets with outcome {bad!r}")
