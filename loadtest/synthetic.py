@@ -148,7 +148,7 @@ class _Blocks:
     def __init__(self, synth: GanSynthesiser) -> None:
         self.synth = synth
         self.day: dict[int, int] = {}
-        self.codes: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]] = {}
+        self.codes: dict[int, tuple[npt.NDArray[np.int32], npt.NDArray[np.int16], list[int]]] = {}
         self.column: dict[int, tuple[int, list[bytes]]] = {}
         self.runs = 0
 
@@ -156,9 +156,10 @@ class _Blocks:
         demand, temp, work = self.synth.block_day(block, day)
         d = np.clip(np.rint(demand * DEMAND_SCALE), DEMAND_RANGE[0], DEMAND_RANGE[1] - 1)
         t = np.clip(np.rint(temp * TEMP_SCALE), TEMP_RANGE[0], TEMP_RANGE[1] - 1)
+        # Small integer codes: a million streams hold 123 block-days of these at once.
         self.codes[block] = (
-            d.astype(np.int64) - DEMAND_RANGE[0],
-            t.astype(np.int64) - TEMP_RANGE[0],
+            (d - DEMAND_RANGE[0]).astype(np.int32),
+            (t - TEMP_RANGE[0]).astype(np.int16),
             work.tolist(),
         )
         self.day[block] = day
