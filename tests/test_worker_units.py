@@ -147,6 +147,36 @@ def test_settings_to_env_reads_back_to_the_same_settings() -> None:
     assert "STATECAST_KAFKA_SSL_CAFILE" not in out  # unset optional values are left out
 
 
+def test_to_env_writes_every_variable_from_env_reads() -> None:
+    # A setting added to from_env but not to to_env would silently fall back to its
+    # default in every process the bench, the demo and the tests start.
+    read: set[str] = set()
+
+    class Recorder(dict[str, str]):
+        def get(self, key: str, default: Any = None) -> Any:
+            read.add(key)
+            return super().get(key, default)
+
+    Settings.from_env(Recorder())
+    full = Settings.from_env(
+        {
+            "STATECAST_KAFKA_SASL_MECHANISM": "PLAIN",
+            "STATECAST_KAFKA_SASL_USERNAME": "u",
+            "STATECAST_KAFKA_SASL_PASSWORD": "p",
+            "STATECAST_KAFKA_SSL_CAFILE": "/ca",
+            "STATECAST_KAFKA_SSL_CERTFILE": "/cert",
+            "STATECAST_KAFKA_SSL_KEYFILE": "/key",
+            "STATECAST_REDIS_USERNAME": "u",
+            "STATECAST_REDIS_PASSWORD": "p",
+            "STATECAST_REDIS_TLS_CA_FILE": "/ca",
+            "STATECAST_REDIS_TLS_CERT_FILE": "/cert",
+            "STATECAST_REDIS_TLS_KEY_FILE": "/key",
+            "STATECAST_TEST_CRASH_AT": "after_publish:1",
+        }
+    )
+    assert read == set(full.to_env())
+
+
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
 
