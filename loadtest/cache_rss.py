@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from statecast.contract.manifest import load_manifest
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec
+from statecast.worker.inference import build_session
 from statecast.worker.settings import Settings
 from statecast.worker.state.cache import StateCache
-from statecast.worker.state.codec import StoredState
+from statecast.worker.state.codec import StateCodec, StoredState
 from statecast.worker.state.store import state_key
 
 
@@ -36,10 +36,11 @@ def _status_kib(field: str) -> int:
 
 def measure(streams: int, cache_bytes: int, model: str) -> dict[str, object]:
     entry = load_manifest()[model]
-    session = ort.InferenceSession(str(entry.onnx_path(PACKAGE_ROOT)))
+    session = build_session(entry.onnx_path(PACKAGE_ROOT))
     spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
     del session
-    cache = StateCache(ttl_ms=7 * 24 * 3600 * 1000, max_bytes=cache_bytes)
+    codec = StateCodec(spec.states, spec.state_version)  # entries as stored bytes, as the worker
+    cache = StateCache(ttl_ms=7 * 24 * 3600 * 1000, max_bytes=cache_bytes, codec=codec)
     rng = np.random.default_rng(0)
     base = {
         s.name: rng.standard_normal((s.layers, s.hidden)).astype(np.float32) for s in spec.states

@@ -82,17 +82,12 @@ class GanSynthesiser:
         calendar: RealCalendar | None = None,
         threads: int = 1,
     ) -> None:
-        import onnxruntime as ort
+        from statecast.worker.inference import build_session
 
         if onnx_path is None:
             entry = load_manifest(DEFAULT_MANIFEST)[MODEL_NAME]
             onnx_path = check_digest(entry, PACKAGE_ROOT)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_path), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = build_session(onnx_path, "cpu", intra_op_threads=threads)
         self.noise_dim = int(self.session.get_inputs()[1].shape[1])
         self.calendar = calendar or RealCalendar.load()
         self.n_streams = n_streams

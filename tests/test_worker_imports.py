@@ -113,6 +113,24 @@ def test_the_import_reader_sees_what_it_must_refuse() -> None:
     assert names == ["torch", "worker", "statecast.export", "statecast.worker"]
 
 
+def test_one_onnx_runtime_session_builder() -> None:
+    """Serving, parity, load tools and exporters all build sessions through
+    ``statecast.worker.inference.build_session`` (same options, providers, threads)."""
+    builders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for top in ("statecast", "worker", "models", "export", "loadtest", "examples")
+        if (ROOT / top).is_dir()
+        for path in _python_files(ROOT / top)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "InferenceSession")
+            or (isinstance(node.func, ast.Name) and node.func.id == "InferenceSession")
+        )
+    ]
+    assert [b.split(":")[0] for b in builders] == ["worker/inference.py"], builders
+
+
 def test_importing_every_worker_module_loads_no_training_code() -> None:
     """The same at run time: imports done inside functions or by libraries count too."""
     modules = sorted(

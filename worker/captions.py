@@ -45,12 +45,9 @@ class Captioner:
     @classmethod
     def load(cls, path: Path, threads: int = 1) -> Captioner:
         """A CPU session for the decoder at ``path`` (its digest is the caller's to check)."""
-        import onnxruntime as ort
+        from statecast.worker.inference import build_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = build_session(path, "cpu", intra_op_threads=threads)
         meta = dict(sess.get_modelmeta().custom_metadata_map)
         return cls(sess, ModelSpec.from_metadata(meta))
 
