@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from statecast.contract.manifest import ManifestEntry, sha256_file
-from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.paths import PACKAGE_ROOT, package_relative
 from statecast.contract.spec import SPEC_KEY, ModelSpec
 
 DEFAULT_OPSET = 17
@@ -155,7 +155,7 @@ def manifest_entry(
         name=spec.name,
         version=spec.version,
         kind=spec.kind,
-        onnx=path.resolve().relative_to(root.resolve()).as_posix(),
+        onnx=package_relative(path, root),
         sha256=sha256_file(path),
         metrics=dict(metrics),
     )
