@@ -9,8 +9,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from statecast.contract.spec import StateSpec
 from statecast.worker.state.cache import StateCache, entry_bytes
-from statecast.worker.state.codec import StoredState
+from statecast.worker.state.codec import StateCodec, StoredState
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +85,28 @@ def test_size_estimate_matches_what_python_allocates() -> None:
     finally:
         tracemalloc.stop()
     assert 0.8 < cache.bytes / measured < 1.25, (cache.bytes, measured)
+
+
+def test_entries_held_as_stored_bytes_round_trip_and_cost_less() -> None:
+    codec = StateCodec((StateSpec("h", 1, 48), StateSpec("c", 1, 48)), "s0123abcd")
+    compact = StateCache(ttl_ms=10**9, max_bytes=1 << 40, codec=codec)
+    entry = st(partition=3, updated_ms=5, earlier=((1, 7),))
+    entry.tensors["h"][0, 5] = 2.5
+    compact.put("k", entry)
+    back = compact.get("k")
+    assert back is not None
+    assert back.positions() == ((3, 1), (1, 7))
+    assert back.updated_ms == 5
+    assert float(back.tensors["h"][0, 5]) == 2.5
+    assert compact.drop_partitions({1}) == 1
+    keys = [f"statecast:sensor_lstm:s0123abcd:meter-{i:07d}" for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in keys:
+            compact.put(k, st())
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.8 < compact.bytes / measured < 1.25, (compact.bytes, measured)
+    assert compact.bytes < 0.75 * len(keys) * entry_bytes(keys[0], st())
