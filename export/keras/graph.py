@@ -21,21 +21,31 @@ import numpy as np
 
 from statecast.export.keras.layers import (
     Act,
+    AvgPool,
     BatchNorm,
     Block,
     Chain,
     Conv,
+    Crop,
     Dense,
     Embedding,
     Flatten,
     GlobalAvgPool,
+    GlobalMaxPool,
     Identity,
+    Masking,
     MaxPool,
+    Permute,
+    PReLU,
     Recurrent,
+    RepeatVector,
     Reshape,
     TimeDistributed,
     UnsupportedLayer,
+    UpSample,
+    ZeroPad,
     activation,
+    keras_relu,
 )
 
 # Layers refused with a reason more useful than "not supported".
@@ -54,7 +64,16 @@ WHY_NOT: dict[str, str] = {
 }
 STACKS = ("Sequential", "Functional", "Model")
 SKIPPED = ("InputLayer",)
-IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
+IDENTITY = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+)
 
 
 @dataclass(frozen=True)
@@ -217,12 +236,71 @@ def _conv(layer: Any) -> Block:
     )
 
 
-def _maxpool(layer: Any) -> Block:
+def _pool_args(layer: Any) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     cfg = layer.get_config()
-    pool = tuple(cfg["pool_size"])
-    strides = tuple(cfg["strides"]) if cfg.get("strides") is not None else pool
-    padding = str(cfg["padding"]).lower()
-    return MaxPool(pool, strides, padding)
+    nd = 2 if layer.__class__.__name__.endswith("2D") else 1
+    pool = _tuple(cfg["pool_size"], nd)
+    strides = _tuple(cfg["strides"], nd) if cfg.get("strides") is not None else pool
+    return pool, strides, str(cfg["padding"]).lower()
+
+
+def _tuple(value: Any, nd: int) -> tuple[int, ...]:
+    """A Keras int-or-tuple setting as one int per spatial axis."""
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * nd
+
+
+def _pairs(value: Any, nd: int) -> tuple[tuple[int, int], ...]:
+    """ZeroPadding / Cropping settings: int, (a, b) per axis or one pair -> pairs per axis."""
+    if isinstance(value, int):
+        return ((value, value),) * nd
+    items = list(value)
+    if nd == 1:
+        return ((int(items[0]), int(items[1])),) if len(items) == 2 else ((int(items[0]),) * 2,)
+    out: list[tuple[int, int]] = []
+    for v in items:
+        out.append((int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1])))
+    return tuple(out)
+
+
+def _maxpool(layer: Any) -> Block:
+    return MaxPool(*_pool_args(layer))
+
+
+def _avgpool(layer: Any) -> Block:
+    return AvgPool(*_pool_args(layer))
+
+
+def _nd(layer: Any) -> int:
+    return 2 if type(layer).__name__.endswith("2D") else 1
+
+
+def _upsample(layer: Any) -> Block:
+    cfg = layer.get_config()
+    if str(cfg.get("interpolation", "nearest")) != "nearest":
+        raise UnsupportedLayer(f"{_name(layer)}: only interpolation='nearest' is converted")
+    return UpSample(_tuple(cfg["size"], _nd(layer)))
+
+
+def _softmax(layer: Any) -> Block:
+    axis = layer.get_config().get("axis", -1)
+    if not isinstance(axis, int):
+        raise UnsupportedLayer(f"{_name(layer)}: softmax over several axes is not converted")
+    import torch
+
+    return Act(lambda x: torch.softmax(x, dim=axis))
+
+
+def _elu(layer: Any) -> Block:
+    alpha = float(layer.get_config().get("alpha", 1.0))
+    import torch.nn.functional as F
+
+    return Act(lambda x: F.elu(x, alpha))
+
+
+def _prelu(layer: Any) -> Block:
+    return PReLU(_weights(layer)[0])
 
 
 def _leaky(layer: Any) -> Block:
@@ -259,6 +337,29 @@ CONVERTERS: dict[str, Any] = {
     "Conv2D": _conv,
     "MaxPooling1D": _maxpool,
     "MaxPooling2D": _maxpool,
+    "AveragePooling1D": _avgpool,
+    "AveragePooling2D": _avgpool,
+    "GlobalMaxPooling1D": lambda layer: GlobalMaxPool(
+        1, bool(layer.get_config().get("keepdims", False))
+    ),
+    "GlobalMaxPooling2D": lambda layer: GlobalMaxPool(
+        2, bool(layer.get_config().get("keepdims", False))
+    ),
+    "ZeroPadding1D": lambda layer: ZeroPad(_pairs(layer.get_config()["padding"], 1)),
+    "ZeroPadding2D": lambda layer: ZeroPad(_pairs(layer.get_config()["padding"], 2)),
+    "Cropping1D": lambda layer: Crop(_pairs(layer.get_config()["cropping"], 1)),
+    "Cropping2D": lambda layer: Crop(_pairs(layer.get_config()["cropping"], 2)),
+    "UpSampling1D": _upsample,
+    "UpSampling2D": _upsample,
+    "Permute": lambda layer: Permute(tuple(layer.get_config()["dims"])),
+    "RepeatVector": lambda layer: RepeatVector(int(layer.get_config()["n"])),
+    "Masking": lambda layer: Masking(float(layer.get_config().get("mask_value", 0.0))),
+    "Softmax": _softmax,
+    "ELU": _elu,
+    "PReLU": _prelu,
+    "Identity": lambda layer: Identity(),
+    "ActivityRegularization": lambda layer: Identity(),
+    "AlphaDropout": lambda layer: Identity(),
     "GlobalAveragePooling1D": lambda layer: GlobalAvgPool(
         1, bool(layer.get_config().get("keepdims", False))
     ),
@@ -270,13 +371,14 @@ CONVERTERS: dict[str, Any] = {
 
 def _relu_layer(layer: Any) -> Block:
     cfg = layer.get_config()
-    if (
-        cfg.get("max_value") is not None
-        or cfg.get("threshold", 0.0)
-        or cfg.get("negative_slope", 0.0)
-    ):
-        raise UnsupportedLayer(f"{_name(layer)}: only a plain ReLU() is converted")
-    return Act(activation("relu", _name(layer)))
+    top = cfg.get("max_value")
+    return Act(
+        keras_relu(
+            float(cfg.get("negative_slope") or 0.0),
+            None if top is None else float(top),
+            float(cfg.get("threshold") or 0.0),
+        )
+    )
 
 
 def convert_model(model: Any) -> Converted:

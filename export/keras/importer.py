@@ -34,7 +34,7 @@ from statecast.contract.manifest import (
     upsert_entry,
 )
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.export.keras.graph import Converted, convert_model
+from statecast.export.keras.graph import WHY_NOT, Converted, convert_model
 from statecast.export.keras.layers import Recurrent, UnsupportedLayer
 from statecast.export.keras.refstore import save_reference
 from statecast.export.keras.step import (
@@ -104,10 +104,53 @@ def load_keras(path: Path) -> Any:
         raise ImportError_(
             f"keras runs on the {keras.backend.backend()!r} backend; set KERAS_BACKEND=torch"
         )
+    layers = _saved_layers(path)
+    for name, kind, _ in layers:  # refuse by name before keras tries to build the layer
+        if kind in WHY_NOT:
+            raise ImportError_(f"layer {name!r} ({kind}) is not supported: {WHY_NOT[kind]}")
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:  # a broken zip, config or h5 file raises almost anything
+        custom = [(n, k) for n, k, module in layers if not module.startswith("keras")]
+        if custom:
+            name, kind = custom[0]
+            raise ImportError_(
+                f"layer {name!r} ({kind}) is not supported: a custom layer has no converter "
+                f"(and keras cannot load it without its code): {exc}"
+            ) from exc
         raise ImportError_(f"{path}: keras cannot load it: {exc}") from exc
+
+
+def _saved_layers(path: Path) -> list[tuple[str, str, str]]:
+    """(name, class, module) of every layer in a ``.keras`` file's config, nested ones too;
+    empty when the file is not a readable ``.keras`` zip (keras then says why)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[tuple[str, str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(node.get("class_name"), str) and isinstance(inner, dict):
+                if isinstance(inner.get("name"), str) and "module" in node:
+                    module = str(node.get("module") or "")
+                    if node.get("registered_name") and "keras" not in module:
+                        module = ""  # a registered custom class: its own package
+                    found.append((inner["name"], node["class_name"], module or "custom"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
 
 
 def keras_predict(model: Any) -> Callable[[Array], Array]:

@@ -56,6 +56,13 @@ ACTIVATIONS: dict[str, Activation] = {
     "gelu": F.gelu,  # Keras 3 default: the exact (erf) form
     "exponential": torch.exp,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "mish": F.mish,
+    "log_sigmoid": F.logsigmoid,
+    "hard_silu": lambda x: x * _hard_sigmoid(x),
+    "hard_swish": lambda x: x * _hard_sigmoid(x),
+    "hard_tanh": lambda x: torch.clamp(x, -1.0, 1.0),
+    "celu": F.celu,
+    "tanh_shrink": lambda x: x - torch.tanh(x),
 }
 
 
@@ -250,6 +257,172 @@ class MaxPool(Block):
                 h = F.pad(h, pads, value=-3.0e38)
         pool = F.max_pool1d if nd == 1 else F.max_pool2d
         return channels_last(pool(h, self.pool, self.strides)), None
+
+
+class AvgPool(Block):
+    """AveragePooling1D/2D as Keras 3 computes it on the torch backend (what
+    ``model.predict`` gives): 'same' padding split evenly is left out of each average (as in
+    TensorFlow), but an uneven split pads by repeating the edge and averages the copies."""
+
+    time_local = False
+
+    def __init__(self, pool: Sequence[int], strides: Sequence[int], padding: str) -> None:
+        super().__init__()
+        self.pool = tuple(int(p) for p in pool)
+        self.strides = tuple(int(s) for s in strides)
+        self.padding = padding
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        nd = len(self.pool)
+        h = channels_first(x)
+        pool = F.avg_pool1d if nd == 1 else F.avg_pool2d
+        sym: list[int] = [0] * nd
+        if self.padding == "same":
+            spatial = [int(s) for s in x.shape[1:-1]]
+            split = [
+                keras_torch_padding(spatial[i], self.pool[i], self.strides[i]) for i in range(nd)
+            ]
+            if all(lo == hi for lo, hi in split):
+                sym = [lo for lo, _ in split]
+            else:
+                pads = [p for i in reversed(range(nd)) for p in split[i]]
+                h = F.pad(h, pads, mode="replicate")
+        y = pool(h, self.pool, self.strides, sym, count_include_pad=False)  # type: ignore[operator]
+        return channels_last(y), None
+
+
+def keras_torch_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras's torch backend 'same' split for pooling (stride 1: always kernel - 1)."""
+    if stride == 1:
+        total = kernel - 1
+    else:
+        out = (size + stride - 1) // stride
+        total = max(0, (out - 1) * stride + kernel - size)
+    return total // 2, total - total // 2
+
+
+class GlobalMaxPool(Block):
+    time_local = False
+
+    def __init__(self, nd: int, keepdims: bool) -> None:
+        super().__init__()
+        self.nd = nd
+        self.keepdims = keepdims
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        # Keras's GlobalMaxPooling ignores the mask (it does not support masking).
+        dims = tuple(range(1, 1 + self.nd))
+        return torch.amax(x, dim=dims, keepdim=self.keepdims), None
+
+
+class ZeroPad(Block):
+    """ZeroPadding1D/2D: ``pads`` is ((before, after), ...) per spatial axis."""
+
+    time_local = False
+
+    def __init__(self, pads: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        # F.pad takes the last axis first; the channel axis is last and never padded.
+        self.flat = [0, 0] + [int(p) for pair in reversed(pads) for p in pair]
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        return F.pad(x, self.flat), None
+
+
+class Crop(Block):
+    """Cropping1D/2D: ``crops`` is ((before, after), ...) per spatial axis."""
+
+    time_local = False
+
+    def __init__(self, crops: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.crops = [(int(a), int(b)) for a, b in crops]
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        for i, (a, b) in enumerate(self.crops):
+            x = x.narrow(1 + i, a, int(x.shape[1 + i]) - a - b)
+        return x, None
+
+
+class UpSample(Block):
+    """UpSampling1D/2D, nearest neighbour: every cell repeated ``size`` times per axis."""
+
+    time_local = False
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__()
+        self.size = tuple(int(s) for s in size)
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        for i, s in enumerate(self.size):
+            x = torch.repeat_interleave(x, s, dim=1 + i)
+        return x, None
+
+
+class Permute(Block):
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.dims = (0, *(int(d) for d in dims))
+
+    @property
+    def time_local(self) -> bool:  # type: ignore[override]
+        return self.dims[1] == 1
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        return x.permute(self.dims), None
+
+
+class RepeatVector(Block):
+    time_local = False
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        return x.unsqueeze(1).expand(-1, self.n, -1), None
+
+
+class Masking(Block):
+    """Masks the time steps whose features all equal ``value`` (and zeroes them)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        own = torch.any(x != self.value, dim=-1)
+        y = x * own.unsqueeze(-1).to(x.dtype)
+        return y, own if mask is None else mask & own
+
+
+class PReLU(Block):
+    def __init__(self, alpha: np.ndarray[Any, Any]) -> None:
+        super().__init__()
+        self.alpha = _param(alpha)
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        return torch.relu(x) - self.alpha * torch.relu(-x), mask
+
+
+def keras_relu(negative_slope: float, max_value: float | None, threshold: float) -> Activation:
+    """keras.activations.relu with its options, term by term as Keras computes it."""
+
+    def fn(x: Tensor) -> Tensor:
+        if negative_slope != 0.0 and max_value is None and threshold == 0.0:
+            return F.leaky_relu(x, negative_slope)
+        neg = torch.relu(threshold - x) if threshold != 0.0 else torch.relu(-x)
+        if threshold != 0.0:
+            y = x * (x > threshold).to(x.dtype)
+        else:
+            y = torch.relu(x)
+        if max_value is not None:
+            y = torch.clamp(y, 0.0, max_value)
+        if negative_slope != 0.0:
+            y = y - negative_slope * neg
+        return y
+
+    return fn
 
 
 class GlobalAvgPool(Block):

@@ -1,0 +1,609 @@
+"""A battery of tutorial-style Keras 3 models through ``statecast import`` (the CLI function).
+
+Each case is a small random-weight model built the way Keras tutorials build them, saved
+to a ``.keras`` file (with or without compile state), imported with ``cli.main`` in the
+semantics its input shape means, and then checked HERE, independently of the importer's
+own parity check: the ONNX step model is run event by event with onnxruntime and every
+output is compared with ``model.predict`` on what that event stands for (the last W
+events in window mode, the whole prefix in stateful mode, the input alone when
+stateless), on random inputs and on realistic ones (a seasonal series on its real scale,
+images with structure in 0-255). Refusals: a clean error naming the layer, exit code 2,
+nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from statecast import cli
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+L = keras.layers
+TOL = 1e-4
+Array = np.ndarray[Any, Any]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], Any]
+    kind: str  # forecast | classify | video
+    mode: str | None  # window | stateful | None (stateless)
+    compile: bool = False
+    args: tuple[str, ...] = field(default=())
+
+
+def seq(shape: tuple[int | None, ...], *layers: Any, dtype: str = "float32") -> Callable[[], Any]:
+    def build() -> Any:
+        return keras.Sequential([keras.Input(shape, dtype=dtype), *[f() for f in layers]])
+
+    return build
+
+
+def functional(shape: tuple[int | None, ...], *layers: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        inp = keras.Input(shape)
+        x = inp
+        for f in layers:
+            x = f()(x)
+        return keras.Model(inp, x)
+
+    return build
+
+
+def rnn(cls: str, units: int, **kw: Any) -> Callable[[], Any]:
+    return lambda: getattr(L, cls)(units, **kw)
+
+
+def dense(units: int, activation: str | None = None, **kw: Any) -> Callable[[], Any]:
+    return lambda: L.Dense(units, activation=activation, **kw)
+
+
+def lay(cls: str, *a: Any, **kw: Any) -> Callable[[], Any]:
+    return lambda: getattr(L, cls)(*a, **kw)
+
+
+def td(*inner: Any, shape: tuple[int, ...] | None = None) -> Callable[[], Any]:
+    def build() -> Any:
+        if shape is None:
+            return L.TimeDistributed(inner[0]())
+        return L.TimeDistributed(keras.Sequential([keras.Input(shape), *[f() for f in inner]]))
+
+    return build
+
+
+W = 8  # window length of the fixed-window forecasters
+NONE = None
+
+CASES: dict[str, Case] = {
+    # --- recurrent forecasters, window semantics (fixed time axis) --------------------
+    "simplernn_window": Case(seq((W, 1), rnn("SimpleRNN", 12), dense(1)), "forecast", "window"),
+    "simplernn_relu_window": Case(
+        seq((W, 3), rnn("SimpleRNN", 6, activation="relu"), dense(1)), "forecast", "window"
+    ),
+    "lstm_window_compiled": Case(
+        seq((W, 3), rnn("LSTM", 8), dense(1)), "forecast", "window", compile=True
+    ),
+    "lstm_stack3_window": Case(
+        seq(
+            (W, 3),
+            rnn("LSTM", 8, return_sequences=True),
+            rnn("LSTM", 6, return_sequences=True),
+            rnn("LSTM", 4),
+            dense(2),
+        ),
+        "forecast",
+        "window",
+    ),
+    "lstm_return_sequences_tail_window": Case(
+        seq((W, 2), rnn("LSTM", 5, return_sequences=True), td(dense(1))), "forecast", "window"
+    ),
+    "lstm_variants_window": Case(
+        seq(
+            (W, 2),
+            rnn("LSTM", 5, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "gru_reset_after_false_window": Case(
+        seq((W, 3), rnn("GRU", 6, reset_after=False), dense(1)), "forecast", "window"
+    ),
+    "gru_variants_window": Case(
+        seq(
+            (W, 3),
+            rnn("GRU", 6, return_sequences=True, recurrent_activation="hard_sigmoid"),
+            rnn("GRU", 4, use_bias=False, activation="sigmoid"),
+            dense(3),
+        ),
+        "forecast",
+        "window",
+    ),
+    "functional_lstm_dropout_window": Case(
+        functional(
+            (W, 3),
+            rnn("LSTM", 8, return_sequences=True, dropout=0.2, recurrent_dropout=0.1),
+            lay("Dropout", 0.3),
+            rnn("GRU", 4),
+            dense(4, "relu"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+        compile=True,
+    ),
+    "dense_flatten_window": Case(
+        seq((W, 2), lay("Flatten"), dense(8, "relu"), dense(1)), "forecast", "window"
+    ),
+    "dense_on_window_reshape": Case(
+        seq((W, 2), lay("Reshape", (W * 2,)), dense(6, "selu"), dense(1)), "forecast", "window"
+    ),
+    # --- recurrent forecasters, stateful semantics (None time axis) --------------------
+    "simplernn_stateful": Case(
+        seq((NONE, 1), rnn("SimpleRNN", 8), dense(1)), "forecast", "stateful"
+    ),
+    "lstm_stack2_stateful_compiled": Case(
+        seq(
+            (NONE, 3),
+            rnn("LSTM", 8, return_sequences=True),
+            rnn("LSTM", 4),
+            dense(2),
+        ),
+        "forecast",
+        "stateful",
+        compile=True,
+    ),
+    "gru_stack3_stateful": Case(
+        seq(
+            (NONE, 2),
+            rnn("GRU", 6, return_sequences=True),
+            rnn("GRU", 5, return_sequences=True, reset_after=False),
+            rnn("GRU", 4),
+            dense(1, "linear"),
+        ),
+        "forecast",
+        "stateful",
+    ),
+    "simplernn_return_sequences_stateful": Case(
+        seq((NONE, 2), rnn("SimpleRNN", 5, return_sequences=True), dense(1)),
+        "forecast",
+        "stateful",
+    ),
+    "lstm_dense_front_batchnorm_stateful": Case(
+        seq(
+            (NONE, 3),
+            dense(6, "tanh"),
+            lay("BatchNormalization"),
+            rnn("LSTM", 5),
+            lay("BatchNormalization"),
+            dense(2),
+        ),
+        "forecast",
+        "stateful",
+    ),
+    # --- Conv1D forecasters (window) --------------------------------------------------
+    "conv1d_valid_maxpool_flatten": Case(
+        seq(
+            (12, 2),
+            lay("Conv1D", 4, 3, activation="relu"),
+            lay("MaxPooling1D", 2),
+            lay("Flatten"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "conv1d_same_strides_gap": Case(
+        seq(
+            (12, 3),
+            lay("Conv1D", 4, 3, padding="same", strides=2),
+            lay("GlobalAveragePooling1D"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "conv1d_causal_dilated_gmp": Case(
+        seq(
+            (12, 1),
+            lay("Conv1D", 4, 2, padding="causal", dilation_rate=2, activation="elu"),
+            lay("Conv1D", 3, 3, padding="causal", dilation_rate=4),
+            lay("GlobalMaxPooling1D"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "conv1d_lstm": Case(
+        seq(
+            (12, 2),
+            lay("Conv1D", 6, 3, padding="same", activation="relu"),
+            lay("MaxPooling1D", 2, strides=1),
+            rnn("LSTM", 5),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "conv1d_avgpool_spatialdropout": Case(
+        seq(
+            (12, 2),
+            lay("Conv1D", 4, 3),
+            lay("SpatialDropout1D", 0.2),
+            lay("AveragePooling1D", 2),
+            lay("Flatten"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    # --- Dense activations ---------------------------------------------------------------
+    **{
+        f"dense_{a}_classify": Case(
+            seq((6, 6), lay("Flatten"), dense(5, a), dense(4, a)), "classify", None
+        )
+        for a in (
+            "softmax",
+            "sigmoid",
+            "relu",
+            "elu",
+            "selu",
+            "gelu",
+            "swish",
+            "softplus",
+            "linear",
+            "tanh",
+        )
+    },
+    "activation_layers_classify": Case(
+        seq(
+            (6, 6),
+            lay("Flatten"),
+            dense(8),
+            lay("Activation", "relu"),
+            dense(8),
+            lay("LeakyReLU", negative_slope=0.2),
+            dense(8),
+            lay("LeakyReLU"),
+            dense(8),
+            lay("ELU"),
+            dense(8),
+            lay("ReLU"),
+            dense(3),
+            lay("Softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    # --- Conv2D image classifiers (stateless) ---------------------------------------------
+    "mnist_cnn_compiled": Case(
+        seq(
+            (28, 28, 1),
+            lay("Conv2D", 8, (3, 3), activation="relu"),
+            lay("MaxPooling2D", (2, 2)),
+            lay("Conv2D", 8, (3, 3), activation="relu"),
+            lay("MaxPooling2D", (2, 2)),
+            lay("Flatten"),
+            lay("Dropout", 0.5),
+            dense(10, "softmax"),
+        ),
+        "classify",
+        None,
+        compile=True,
+    ),
+    "cnn_same_strides_bn": Case(
+        seq(
+            (20, 20, 1),
+            lay("Conv2D", 4, 3, padding="same", strides=2, use_bias=False),
+            lay("BatchNormalization"),
+            lay("Activation", "relu"),
+            lay("MaxPooling2D", pool_size=3, strides=2, padding="same"),
+            lay("Conv2D", 6, (2, 3), padding="valid"),
+            lay("BatchNormalization"),
+            lay("Flatten"),
+            dense(4, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "cnn_grey_2d_input_reshape": Case(
+        seq(
+            (16, 16),
+            lay("Reshape", (16, 16, 1)),
+            lay("Conv2D", 4, 3),
+            lay("AveragePooling2D", 2),
+            lay("GlobalMaxPooling2D"),
+            dense(3, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "cnn_zeropad_gap2d": Case(
+        seq(
+            (15, 15, 1),
+            lay("ZeroPadding2D", 1),
+            lay("Conv2D", 4, 3, strides=2),
+            lay("SpatialDropout2D", 0.1),
+            lay("GaussianNoise", 0.1),
+            lay("GaussianDropout", 0.1),
+            lay("GlobalAveragePooling2D"),
+            dense(2, "sigmoid"),
+        ),
+        "classify",
+        None,
+    ),
+    "functional_cnn": Case(
+        functional(
+            (12, 12, 1),
+            lay("Conv2D", 4, 3, activation="relu"),
+            lay("MaxPooling2D"),
+            lay("Flatten"),
+            dense(5, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    # --- video: TimeDistributed(CNN) + RNN -----------------------------------------------
+    "td_cnn_lstm_stateful": Case(
+        seq(
+            (NONE, 12, 12, 1),
+            td(
+                lay("Conv2D", 4, 3, activation="relu"),
+                lay("MaxPooling2D"),
+                lay("Flatten"),
+                shape=(12, 12, 1),
+            ),
+            rnn("LSTM", 6),
+            dense(3, "softmax"),
+        ),
+        "video",
+        "stateful",
+    ),
+    "td_layers_gru_window": Case(
+        seq(
+            (4, 10, 10, 1),
+            td(lay("Conv2D", 3, 3)),
+            td(lay("MaxPooling2D")),
+            td(lay("Flatten")),
+            rnn("GRU", 5),
+            dense(2, "softmax"),
+        ),
+        "video",
+        "window",
+    ),
+}
+
+SEQ_MODES = ("window", "stateful")
+
+
+def _randomise(model: Any, seed: int) -> None:
+    """Non-trivial moving statistics: fresh BatchNormalization layers are the identity."""
+    rng = np.random.default_rng(seed)
+    for layer in _all_layers(model):
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(size=n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=n))
+            layer.gamma.assign(rng.normal(size=n))
+            layer.beta.assign(rng.normal(size=n))
+
+
+def _all_layers(model: Any) -> list[Any]:
+    out: list[Any] = []
+    for layer in getattr(model, "layers", []):
+        out += [layer, *_all_layers(layer)]
+        if hasattr(layer, "layer"):
+            out += [layer.layer, *_all_layers(layer.layer)]
+    return out
+
+
+def _save(tmp_path: Path, case: Case) -> tuple[Any, Path]:
+    keras.utils.set_random_seed(7)
+    model = case.build()
+    _randomise(model, 7)
+    if case.compile:
+        model.compile(optimizer="adam", loss="mse")
+        x = np.zeros([2, *(3 if d is None else d for d in model.inputs[0].shape[1:])], "f4")
+        y = np.zeros((2, *model.outputs[0].shape[1:]), np.float32)
+        # One step of zero learning rate: the optimizer state is saved, the weights stay.
+        model.optimizer.learning_rate = 0.0
+        model.fit(x, y, epochs=1, verbose=0)
+    src = tmp_path / "m.keras"
+    model.save(src)
+    return model, src
+
+
+def _realistic(kind: str, shape: tuple[int, ...], n: int) -> Array:
+    """Events ``[B, n, *shape]`` as real data looks: a seasonal series on its real scale
+    (electricity demand in MW), or images with structure (a bright blob on a dark field)."""
+    rng = np.random.default_rng(11)
+    b = 2
+    if kind == "forecast":
+        t = np.arange(n)[None, :, None] + rng.integers(0, 48, size=(b, 1, 1))
+        f = np.arange(int(np.prod(shape)))[None, None, :]
+        base = 4000 + 900 * np.sin(2 * np.pi * t / 48 + f) + 60 * rng.normal(size=(b, n, 1))
+        return (base / 1000.0).reshape((b, n, *shape)).astype(np.float32)
+    h, w = shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = rng.uniform(0, h, size=(b, n, 1, 1)), rng.uniform(0, w, size=(b, n, 1, 1))
+    blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.1 * h * w))
+    return np.clip(blob + 10 * rng.normal(size=blob.shape), 0, 255).reshape((b, n, *shape))
+
+
+def _events(kind: str, shape: tuple[int, ...], n: int, realistic: bool) -> Array:
+    if realistic:
+        return _realistic(kind, shape, n).astype(np.float32)
+    rng = np.random.default_rng(5)
+    if kind == "forecast":
+        return rng.normal(scale=1.5, size=(2, n, *shape)).astype(np.float32)
+    return rng.uniform(0, 255, size=(2, n, *shape)).astype(np.float32)
+
+
+def _run_steps(onnx_path: Path, events: Array) -> list[dict[str, Array]]:
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    states = {
+        i.name: np.zeros(
+            [d if isinstance(d, int) else events.shape[0] for d in i.shape], np.float32
+        )
+        for i in sess.get_inputs()
+        if i.name.startswith("state_in.")
+    }
+    outs = []
+    for t in range(events.shape[1]):
+        got = dict(zip(names, sess.run(None, {"x": events[:, t], **states}), strict=True))
+        states = {k: got[k.replace("state_in.", "state_out.")] for k in states}
+        outs.append(got)
+    return outs
+
+
+def _keras_input(case: Case, events: Array) -> Array:
+    """Worker events -> what Keras was fed: pixels scaled by 1/255, images as [H, W, 1]."""
+    if case.kind == "forecast":
+        return events
+    return events / 255.0
+
+
+def _predict(model: Any, x: Array) -> Array:
+    y = np.asarray(model.predict(x, verbose=0), np.float64)
+    return y[:, -1] if y.ndim == 3 else y
+
+
+def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: bool) -> float:
+    in_shape = tuple(model.inputs[0].shape[1:])
+    step_shape = in_shape if case.mode is None else in_shape[1:]
+    event_shape = step_shape if case.kind == "forecast" else (1, *step_shape[:2])
+    n = (int(in_shape[0]) + 3) if case.mode == "window" else 6
+    events = _events(case.kind, event_shape, n, realistic)
+    got = _run_steps(onnx_path, events)
+    keras_in = _keras_input(case, events).reshape((*events.shape[:2], *step_shape))
+    out = "prediction" if case.kind == "forecast" else "probs"
+    worst = 0.0
+    for t, step in enumerate(got):
+        if case.mode is None:
+            want = _predict(model, keras_in[:, t])
+        elif case.mode == "stateful":
+            want = _predict(model, keras_in[:, : t + 1])
+        else:
+            w = int(in_shape[0])
+            if t + 1 < w:
+                assert np.all(step["warming_up"] == 1.0)
+                continue
+            assert np.all(step["warming_up"] == 0.0)
+            want = _predict(model, keras_in[:, t + 1 - w : t + 1])
+        worst = max(worst, float(np.max(np.abs(step[out] - want))))
+    return worst
+
+
+def _cli_args(case: Case, model: Any, src: Path, tmp_path: Path) -> list[str]:
+    manifest = tmp_path / "models" / "manifest.json"
+    args = ["import", str(src), "--name", "m", "--kind", case.kind, "--manifest", str(manifest)]
+    if case.mode is not None:
+        args += ["--mode", case.mode]
+    if case.kind == "forecast":
+        nf = int(model.inputs[0].shape[-1])
+        args += ["--features", ",".join(f"f{i}" for i in range(nf))]
+    return [*args, *case.args]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tutorial_model_imports_and_matches_model_predict(tmp_path: Path, name: str) -> None:
+    case = CASES[name]
+    model, src = _save(tmp_path, case)
+    args = _cli_args(case, model, src, tmp_path)
+    assert cli.main(args) == 0
+    onnx_path = tmp_path / "models" / "onnx" / "m.onnx"
+    assert onnx_path.exists()
+    assert _check_against_keras(model, case, onnx_path, realistic=False) <= TOL
+    assert _check_against_keras(model, case, onnx_path, realistic=True) <= TOL
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+def _bidirectional() -> Any:
+    return keras.Sequential([keras.Input((W, 2)), L.Bidirectional(L.LSTM(3)), L.Dense(1)])
+
+
+def _attention() -> Any:
+    inp = keras.Input((W, 2))
+    att = L.Attention(name="att")([inp, inp])
+    return keras.Model(inp, L.Dense(1)(L.Flatten()(att)))
+
+
+def _branching() -> Any:
+    inp = keras.Input((W, 2))
+    a = L.LSTM(3, name="left")(inp)
+    b = L.GRU(3, name="right")(inp)
+    return keras.Model(inp, L.Dense(1)(L.Concatenate(name="merge")([a, b])))
+
+
+def _lambda() -> Any:
+    return keras.Sequential(
+        [keras.Input((W, 2)), L.Lambda(lambda x: x * 2.0, name="double"), L.LSTM(3), L.Dense(1)]
+    )
+
+
+def _layernorm() -> Any:
+    return keras.Sequential(
+        [keras.Input((W, 2)), L.LSTM(3, return_sequences=True), L.LayerNormalization(), L.LSTM(2)]
+    )
+
+
+def _conv_in_stateful() -> Any:
+    return keras.Sequential([keras.Input((None, 2)), L.Conv1D(3, 2), L.LSTM(2), L.Dense(1)])
+
+
+REFUSED: dict[str, tuple[Callable[[], Any], str, tuple[str, ...]]] = {
+    "bidirectional": (_bidirectional, "window", ("Bidirectional", "cannot")),
+    "attention": (_attention, "window", ("'att'", "Attention", "attention")),
+    "branching": (_branching, "window", ("linear stack",)),
+    "lambda": (_lambda, "window", ("'double'", "Lambda")),
+    "layernorm": (_layernorm, "window", ("LayerNormalization",)),
+    "conv_in_stateful": (_conv_in_stateful, "stateful", ("--mode window",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unsupported_model_is_refused_with_exit_2_and_nothing_written(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build, mode, words = REFUSED[name]
+    keras.utils.set_random_seed(7)
+    src = tmp_path / "m.keras"
+    model = build()
+    # A Lambda layer only loads with safe_mode off; the importer loads safely, and the
+    # refusal must still name the layer, not echo keras's deserialisation error.
+    model.save(src)
+    case = Case(lambda: model, "forecast", mode)
+    args = _cli_args(case, model, src, tmp_path)
+    assert cli.main(args) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: ")
+    for word in words:
+        assert word in out
+    assert not (tmp_path / "models").exists()
