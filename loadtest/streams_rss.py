@@ -55,7 +55,12 @@ async def _produce(bootstrap: str, topic: str, streams: int, features: list[str]
 
 
 async def measure(
-    bootstrap: str, redis_url: str, streams: int, cache_bytes: int, workdir: Path
+    bootstrap: str,
+    redis_url: str,
+    streams: int,
+    cache_bytes: int,
+    workdir: Path,
+    max_batch: int = Settings.max_batch_records,
 ) -> dict[str, object]:
     run_id = f"{os.getpid()}-{int(time.time())}"
     topic, preds, dlq = f"rss-sensor-{run_id}", f"rss-preds-{run_id}", f"rss-dlq-{run_id}"
@@ -70,6 +75,7 @@ async def measure(
         dlq_topic=dlq,
         state_prefix=f"rss-{run_id}",
         state_cache_bytes=cache_bytes,
+        max_batch_records=max_batch,
         http_port=0,
         device="cpu",
     )
@@ -83,6 +89,7 @@ async def measure(
         "streams": streams,
         "records": sent,
         "cache_bytes_bound": cache_bytes,
+        "max_batch": max_batch,
         "worker_rc": run.returncode,
         "worker_peak_rss_mib": run.peak_rss_mib,
         "worker_seconds": round(run.seconds, 1),
@@ -98,6 +105,7 @@ def main() -> int:
     parser.add_argument("--start-stack", action="store_true")
     parser.add_argument("--streams", type=int, default=1_000_000)
     parser.add_argument("--cache-bytes", type=int, default=Settings.state_cache_bytes)
+    parser.add_argument("--max-batch", type=int, default=Settings.max_batch_records)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="streams-rss-"))
     services: list[Service] = []
@@ -114,7 +122,9 @@ def main() -> int:
             bootstrap, redis_url = args.bootstrap, args.redis_url
         else:
             parser.error("give --bootstrap and --redis-url, or --start-stack")
-        report = asyncio.run(measure(bootstrap, redis_url, args.streams, args.cache_bytes, workdir))
+        report = asyncio.run(
+            measure(bootstrap, redis_url, args.streams, args.cache_bytes, workdir, args.max_batch)
+        )
     finally:
         for svc in services:
             svc.stop()
