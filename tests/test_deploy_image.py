@@ -29,6 +29,7 @@ import pytest
 
 from deploy.tools import toolbox
 from statecast.worker.devstack import free_port
+from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
 from tests.fixtures.tiny_models import tiny_forecast_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.image]
@@ -203,7 +204,7 @@ def test_container_serves_health_and_metrics_and_drains(
         "--env",
         f"STATECAST_GROUP_ID={name}",
         "--env",
-        "STATECAST_KAFKA_SESSION_TIMEOUT_MS=6000",
+        f"STATECAST_KAFKA_SESSION_TIMEOUT_MS={CONSUMER_SESSION_TIMEOUT_MS}",
         "--env",
         f"STATECAST_HTTP_PORT={port}",
         "--env",

@@ -36,9 +36,9 @@ from aiokafka import AIOKafkaProducer
 from deploy.tools import toolbox
 from statecast.worker.devstack import Service, free_port
 from tests.conftest import CONSUMER_SESSION_TIMEOUT_MS
+from tests.fixtures.deploy import dashboard_exprs, fill_variables, need
 from tests.fixtures.kafka import create_topic
 from tests.fixtures.tiny_models import SENSOR_FEATURES, event, tiny_forecast_model
-from tests.test_deploy_static import dashboard_exprs, fill_variables, need
 
 pytestmark = pytest.mark.integration
 

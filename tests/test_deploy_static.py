@@ -22,6 +22,7 @@ import yaml
 
 from deploy.tools import generate, toolbox
 from deploy.tools.toolbox import ROOT, run
+from tests.fixtures.deploy import dashboard_exprs, fill_variables, need
 
 pytestmark = pytest.mark.unit
 
@@ -44,16 +45,6 @@ FIXED_METRICS = (
     "statecast_ready",
 )
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
-
-
-def need(*tools: Path) -> None:
-    absent = toolbox.missing(*tools)
-    if not absent:
-        return
-    message = f"{', '.join(map(str, absent))} missing: run `make deploy-tools`"
-    if toolbox.required():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def docs(rendered: str) -> list[dict[str, Any]]:
@@ -352,11 +343,6 @@ def check_dashboard(path: Path) -> toolbox.Result:
     )
 
 
-def dashboard_exprs() -> list[str]:
-    board = json.loads((ROOT / "deploy/grafana/statecast.json").read_text())
-    return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-
-
 def test_dashboard_charts_every_metric() -> None:
     exprs = " ".join(dashboard_exprs())
     assert [m for m in FIXED_METRICS if m not in exprs] == []
@@ -376,12 +362,3 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
     result = run([toolbox.PROMTOOL, "check", "rules", path])
     assert result.returncode == 0, result.output
-
-
-def fill_variables(expr: str, rate_interval: str = "1m") -> str:
-    """What Grafana does to a panel query before sending it, for our three variables."""
-    return (
-        expr.replace("$__rate_interval", rate_interval)
-        .replace('"$job"', '".+"')
-        .replace('"$model"', '".+"')
-    )
