@@ -54,6 +54,8 @@ class Case:
     mode: str | None  # window | stateful | None (stateless)
     compile: bool = False
     args: tuple[str, ...] = field(default=())
+    pixel_scale: float = 1.0 / 255.0  # what the importer multiplies the 0-255 pixels by
+    adapt: bool = False  # call adapt() on Normalization layers with realistic data
 
 
 def seq(shape: tuple[int | None, ...], *layers: Any, dtype: str = "float32") -> Callable[[], Any]:
@@ -395,6 +397,176 @@ CASES: dict[str, Case] = {
         "video",
         "window",
     ),
+    # --- layers added for the battery (each with its parity here) ----------------------
+    "conv_even_kernels_same": Case(
+        seq(
+            (12, 12, 1),
+            lay("Conv2D", 3, 2, padding="same"),
+            lay("Conv2D", 3, 4, strides=2, padding="same"),
+            lay("Conv2D", 3, (2, 3), strides=(1, 2), padding="same", dilation_rate=1),
+            lay("Flatten"),
+            dense(2, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "conv1d_even_kernel_same_strides": Case(
+        seq(
+            (11, 2),
+            lay("Conv1D", 3, 4, padding="same", strides=2),
+            lay("Conv1D", 3, 2, padding="same"),
+            lay("Flatten"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "avgpool_same_even_and_uneven": Case(
+        seq(
+            (13, 13, 1),
+            lay("AveragePooling2D", 3, strides=1, padding="same"),
+            lay("AveragePooling2D", 2, strides=1, padding="same"),
+            lay("AveragePooling2D", 2, padding="same"),
+            lay("MaxPooling2D", 2, padding="same"),
+            lay("Flatten"),
+            dense(2, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "avgpool1d_same_gmp_keepdims": Case(
+        seq(
+            (11, 2),
+            lay("AveragePooling1D", 3, strides=2, padding="same"),
+            lay("ZeroPadding1D", (2, 1)),
+            lay("Cropping1D", (1, 0)),
+            lay("UpSampling1D", 2),
+            lay("GlobalMaxPooling1D", keepdims=True),
+            lay("Flatten"),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "cnn_rgb_zeropad_crop_upsample": Case(
+        seq(
+            (10, 12, 3),
+            lay("ZeroPadding2D", ((1, 2), (0, 1))),
+            lay("Conv2D", 4, 3, activation="relu"),
+            lay("Cropping2D", ((1, 0), (2, 1))),
+            lay("UpSampling2D", (2, 1)),
+            lay("MaxPooling2D", (3, 2), strides=(2, 2)),
+            lay("Flatten"),
+            dense(3, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "cnn_rgb_bn_gap": Case(
+        seq(
+            (16, 16, 3),
+            lay("Conv2D", 8, 3, padding="same"),
+            lay("BatchNormalization"),
+            lay("ReLU", max_value=6.0),
+            lay("Conv2D", 8, 3, strides=2),
+            lay("PReLU"),
+            lay("GlobalAveragePooling2D"),
+            dense(4, "softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "relu_options_prelu_classify": Case(
+        seq(
+            (5, 5),
+            lay("Flatten"),
+            dense(8),
+            lay("ReLU", negative_slope=0.1, threshold=0.3),
+            dense(8),
+            lay("ReLU", max_value=1.0, negative_slope=0.2),
+            dense(8),
+            lay("PReLU", alpha_initializer="random_normal"),
+            dense(4, "mish"),
+            lay("Softmax"),
+        ),
+        "classify",
+        None,
+    ),
+    "permute_conv1d_window": Case(
+        seq((W, 4), lay("Permute", (2, 1)), lay("Conv1D", 3, 2), lay("Flatten"), dense(1)),
+        "forecast",
+        "window",
+    ),
+    "encoder_decoder_repeatvector_window": Case(
+        seq(
+            (W, 2),
+            rnn("LSTM", 6),
+            lay("RepeatVector", 3),
+            rnn("LSTM", 5, return_sequences=True),
+            td(dense(1)),
+        ),
+        "forecast",
+        "window",
+    ),
+    "masking_lstm_window": Case(
+        seq((W, 3), lay("Masking", mask_value=0.0), rnn("LSTM", 5), dense(1)),
+        "forecast",
+        "window",
+    ),
+    "masking_gru_stateful": Case(
+        seq((NONE, 3), lay("Masking", mask_value=0.0), rnn("GRU", 5), dense(2)),
+        "forecast",
+        "stateful",
+    ),
+    "input_shape_kwarg_lstm_window": Case(
+        lambda: keras.Sequential([L.LSTM(6, input_shape=(W, 1)), L.Dense(1)]),
+        "forecast",
+        "window",
+    ),
+    "lstm_default_mode_is_stateful": Case(
+        seq((NONE, 2), rnn("LSTM", 4), dense(1)), "forecast", None, args=()
+    ),
+    "rescaling_cnn_raw_pixels": Case(
+        seq(
+            (14, 14, 3),
+            lay("Rescaling", 1.0 / 255),
+            lay("Conv2D", 4, 3, activation="relu"),
+            lay("MaxPooling2D"),
+            lay("Flatten"),
+            dense(3, "softmax"),
+        ),
+        "classify",
+        None,
+        pixel_scale=1.0,
+    ),
+    "rescaling_offset_grey": Case(
+        seq(
+            (10, 10, 1),
+            lay("Rescaling", 1.0 / 127.5, offset=-1.0),
+            lay("Conv2D", 3, 3),
+            lay("GlobalAveragePooling2D"),
+            dense(2, "softmax"),
+        ),
+        "classify",
+        None,
+        pixel_scale=1.0,
+    ),
+    "normalization_adapted_lstm_window": Case(
+        seq((W, 3), lay("Normalization"), rnn("LSTM", 5), dense(1)),
+        "forecast",
+        "window",
+        adapt=True,
+    ),
+    "normalization_given_gru_stateful": Case(
+        seq(
+            (NONE, 2),
+            lay("Normalization", mean=[4.0, 3.5], variance=[0.8, 0.5]),
+            rnn("GRU", 4),
+            dense(1),
+        ),
+        "forecast",
+        "stateful",
+    ),
 }
 
 SEQ_MODES = ("window", "stateful")
@@ -425,6 +597,12 @@ def _save(tmp_path: Path, case: Case) -> tuple[Any, Path]:
     keras.utils.set_random_seed(7)
     model = case.build()
     _randomise(model, 7)
+    if case.adapt:
+        shape = tuple(model.inputs[0].shape[1:])
+        data = _realistic("forecast", (shape[-1],), 50)
+        for layer in _all_layers(model):
+            if isinstance(layer, L.Normalization):
+                layer.adapt(data)
     if case.compile:
         model.compile(optimizer="adam", loss="mse")
         x = np.zeros([2, *(3 if d is None else d for d in model.inputs[0].shape[1:])], "f4")
@@ -451,7 +629,9 @@ def _realistic(kind: str, shape: tuple[int, ...], n: int) -> Array:
     yy, xx = np.mgrid[:h, :w]
     cy, cx = rng.uniform(0, h, size=(b, n, 1, 1)), rng.uniform(0, w, size=(b, n, 1, 1))
     blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.1 * h * w))
-    return np.clip(blob + 10 * rng.normal(size=blob.shape), 0, 255).reshape((b, n, *shape))
+    tint = np.linspace(1.0, 0.6, shape[0])[None, None, :, None, None]  # colour channels
+    img = blob[:, :, None] * tint + 10 * rng.normal(size=(b, n, *shape))
+    return np.clip(img, 0, 255)
 
 
 def _events(kind: str, shape: tuple[int, ...], n: int, realistic: bool) -> Array:
@@ -482,10 +662,10 @@ def _run_steps(onnx_path: Path, events: Array) -> list[dict[str, Array]]:
 
 
 def _keras_input(case: Case, events: Array) -> Array:
-    """Worker events -> what Keras was fed: pixels scaled by 1/255, images as [H, W, 1]."""
+    """Worker events -> what Keras was fed: pixels scaled by 1/255, channels last."""
     if case.kind == "forecast":
         return events
-    return events / 255.0
+    return np.moveaxis(events, 2, -1) * case.pixel_scale
 
 
 def _predict(model: Any, x: Array) -> Array:
@@ -495,18 +675,23 @@ def _predict(model: Any, x: Array) -> Array:
 
 def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: bool) -> float:
     in_shape = tuple(model.inputs[0].shape[1:])
-    step_shape = in_shape if case.mode is None else in_shape[1:]
-    event_shape = step_shape if case.kind == "forecast" else (1, *step_shape[:2])
+    stateless = case.mode is None and case.kind != "forecast"
+    step_shape = in_shape if stateless else in_shape[1:]
+    channels = step_shape[2] if len(step_shape) == 3 else 1
+    event_shape = step_shape if case.kind == "forecast" else (channels, *step_shape[:2])
     n = (int(in_shape[0]) + 3) if case.mode == "window" else 6
     events = _events(case.kind, event_shape, n, realistic)
+    if realistic and case.kind == "forecast":
+        # A gap filled with zeros, as real feeds have: Masking layers skip such a step.
+        events[:, 2] = 0.0
     got = _run_steps(onnx_path, events)
     keras_in = _keras_input(case, events).reshape((*events.shape[:2], *step_shape))
     out = "prediction" if case.kind == "forecast" else "probs"
     worst = 0.0
     for t, step in enumerate(got):
-        if case.mode is None:
+        if stateless:
             want = _predict(model, keras_in[:, t])
-        elif case.mode == "stateful":
+        elif case.mode in ("stateful", None):
             want = _predict(model, keras_in[:, : t + 1])
         else:
             w = int(in_shape[0])
@@ -535,6 +720,8 @@ def test_tutorial_model_imports_and_matches_model_predict(tmp_path: Path, name: 
     case = CASES[name]
     model, src = _save(tmp_path, case)
     args = _cli_args(case, model, src, tmp_path)
+    if case.kind != "forecast":
+        args += ["--pixel-scale", repr(case.pixel_scale)]
     assert cli.main(args) == 0
     onnx_path = tmp_path / "models" / "onnx" / "m.onnx"
     assert onnx_path.exists()
@@ -578,7 +765,37 @@ def _conv_in_stateful() -> Any:
     return keras.Sequential([keras.Input((None, 2)), L.Conv1D(3, 2), L.LSTM(2), L.Dense(1)])
 
 
+@keras.saving.register_keras_serializable(package="battery")
+class Doubler(keras.layers.Layer):  # type: ignore[misc]
+    def call(self, x: Any) -> Any:
+        return x * 2.0
+
+
+def _custom() -> Any:
+    return keras.Sequential([keras.Input((W, 2)), Doubler(name="twice"), L.LSTM(2), L.Dense(1)])
+
+
+def _depthwise() -> Any:
+    return keras.Sequential(
+        [keras.Input((W, 2)), L.DepthwiseConv1D(3, name="dw"), L.Flatten(), L.Dense(1)]
+    )
+
+
+def _no_rnn_sentiment() -> Any:
+    return keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            L.Embedding(VOCAB, 4),
+            L.GlobalAveragePooling1D(),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
 REFUSED: dict[str, tuple[Callable[[], Any], str, tuple[str, ...]]] = {
+    "custom_layer": (_custom, "window", ("'twice'", "Doubler")),
+    "depthwise_conv": (_depthwise, "window", ("'dw'", "DepthwiseConv1D")),
+    "sentiment_without_rnn": (_no_rnn_sentiment, "stateful", ("recurrent",)),
     "bidirectional": (_bidirectional, "window", ("Bidirectional", "cannot")),
     "attention": (_attention, "window", ("'att'", "Attention", "attention")),
     "branching": (_branching, "window", ("linear stack",)),
@@ -599,11 +816,95 @@ def test_unsupported_model_is_refused_with_exit_2_and_nothing_written(
     # A Lambda layer only loads with safe_mode off; the importer loads safely, and the
     # refusal must still name the layer, not echo keras's deserialisation error.
     model.save(src)
-    case = Case(lambda: model, "forecast", mode)
+    kind = "sentiment" if name.startswith("sentiment") else "forecast"
+    case = Case(lambda: model, kind, mode)
     args = _cli_args(case, model, src, tmp_path)
+    if kind == "sentiment":
+        args += ["--tokenizer", str(TOKENIZER)]
     assert cli.main(args) == 2
     out = capsys.readouterr().out
     assert out.startswith("error: ")
     for word in words:
         assert word in out
     assert not (tmp_path / "models").exists()
+
+
+# --- sentiment: Embedding -> RNN on token ids, streamed in chunks ---------------------------
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "tokenizer" / "sentiment_lstm.json"
+VOCAB = 16_000  # the tokenizer's vocabulary
+TEXTS = (
+    "This movie was great, I loved every minute of it!",
+    "Dull plot, wooden acting; I walked out.",
+)
+
+
+def _embedding_model(*layers: Any, length: int | None = None) -> Callable[[], Any]:
+    return seq((length,), *layers, dtype="int32")
+
+
+SENTIMENT: dict[str, Callable[[], Any]] = {
+    "imdb_embedding_lstm": _embedding_model(
+        lay("Embedding", VOCAB, 8), rnn("LSTM", 6), dense(1, "sigmoid")
+    ),
+    "embedding_mask_zero_gru_stack": _embedding_model(
+        lay("Embedding", VOCAB, 8, mask_zero=True),
+        rnn("GRU", 6, return_sequences=True),
+        lay("Dropout", 0.2),
+        rnn("GRU", 4, reset_after=False),
+        dense(1, "sigmoid"),
+    ),
+    "embedding_fixed_length_simplernn": _embedding_model(
+        lay("Embedding", VOCAB, 4, mask_zero=True),
+        rnn("SimpleRNN", 5),
+        dense(1, "sigmoid"),
+        length=40,
+    ),
+}
+
+
+def _token_rows(realistic: bool) -> list[Array]:
+    if realistic:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(TOKENIZER))
+        return [np.asarray(tok.encode(t).ids, np.int64) for t in TEXTS]
+    rng = np.random.default_rng(3)
+    return [rng.integers(1, VOCAB, size=n).astype(np.int64) for n in (11, 7)]
+
+
+def _check_sentiment(model: Any, onnx_path: Path, realistic: bool, chunk: int = 3) -> float:
+    rows = _token_rows(realistic)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    states = {
+        i.name: np.zeros((1, len(rows), int(i.shape[2])), np.float32)
+        for i in sess.get_inputs()
+        if i.name.startswith("state_in.")
+    }
+    names = [o.name for o in sess.get_outputs()]
+    worst = 0.0
+    for lo in range(0, max(len(r) for r in rows), chunk):
+        pieces = [r[lo : lo + chunk] for r in rows]
+        lengths = np.array([len(p) for p in pieces], np.int64)
+        x = np.zeros((len(rows), chunk), np.int64)
+        for i, p in enumerate(pieces):
+            x[i, : len(p)] = p
+        got = dict(zip(names, sess.run(None, {"x": x, "lengths": lengths, **states}), strict=True))
+        states = {k: got[k.replace("state_in.", "state_out.")] for k in states}
+        for i, r in enumerate(rows):
+            want = _predict(model, r[None, : min(len(r), lo + chunk)])
+            worst = max(worst, float(np.max(np.abs(got["positive"][i] - want[0]))))
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(SENTIMENT))
+def test_sentiment_model_streams_chunks_like_model_predict_on_the_prefix(
+    tmp_path: Path, name: str
+) -> None:
+    case = Case(SENTIMENT[name], "sentiment", "stateful")
+    model, src = _save(tmp_path, case)
+    args = _cli_args(case, model, src, tmp_path)
+    assert cli.main([*args, "--tokenizer", str(TOKENIZER), "--chunk", "8"]) == 0
+    onnx_path = tmp_path / "models" / "onnx" / "m.onnx"
+    assert _check_sentiment(model, onnx_path, realistic=False) <= TOL
+    assert _check_sentiment(model, onnx_path, realistic=True) <= TOL

@@ -21,6 +21,7 @@ import numpy as np
 
 from statecast.export.keras.layers import (
     Act,
+    Affine,
     AvgPool,
     BatchNorm,
     Block,
@@ -299,6 +300,35 @@ def _elu(layer: Any) -> Block:
     return Act(lambda x: F.elu(x, alpha))
 
 
+def _numpy(value: Any) -> np.ndarray[Any, Any]:
+    """A keras variable, backend tensor, numpy array or number as float32 numpy."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return np.asarray(value, np.float32)
+
+
+def _rescaling(layer: Any) -> Block:
+    return Affine(_numpy(layer.scale), _numpy(layer.offset))
+
+
+KERAS_EPSILON = 1e-7  # keras.config.epsilon()'s default, Normalization's floor on the std
+
+
+def _normalization(layer: Any) -> Block:
+    if layer.mean is None:
+        raise UnsupportedLayer(f"{_name(layer)}: the layer was never adapted nor given a mean")
+    mean, var = _numpy(layer.mean), _numpy(layer.variance)
+    std = np.maximum(np.sqrt(var), KERAS_EPSILON)
+    # Per-time-step statistics (axis over the time axis) cannot advance one event at a time.
+    local = mean.ndim < 3 or mean.shape[1] == 1
+    if layer.get_config().get("invert", False):
+        return Affine(std, mean, local)
+    # (x - mean) / std as x * (1 / std) - mean / std: within float32 rounding of Keras.
+    return Affine(1.0 / std, -mean / std, local)
+
+
 def _prelu(layer: Any) -> Block:
     return PReLU(_weights(layer)[0])
 
@@ -358,6 +388,8 @@ CONVERTERS: dict[str, Any] = {
     "ELU": _elu,
     "PReLU": _prelu,
     "Identity": lambda layer: Identity(),
+    "Rescaling": _rescaling,
+    "Normalization": _normalization,
     "ActivityRegularization": lambda layer: Identity(),
     "AlphaDropout": lambda layer: Identity(),
     "GlobalAveragePooling1D": lambda layer: GlobalAvgPool(

@@ -135,19 +135,22 @@ def _saved_layers(path: Path) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
 
     def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            inner = node.get("config")
-            if isinstance(node.get("class_name"), str) and isinstance(inner, dict):
-                if isinstance(inner.get("name"), str) and "module" in node:
-                    module = str(node.get("module") or "")
-                    if node.get("registered_name") and "keras" not in module:
-                        module = ""  # a registered custom class: its own package
-                    found.append((inner["name"], node["class_name"], module or "custom"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
+        if isinstance(node, list):
             for value in node:
                 walk(value)
+            return
+        if not isinstance(node, dict):
+            return
+        inner = node.get("config")
+        name = inner.get("name") if isinstance(inner, dict) else None
+        kind = node.get("class_name")
+        if isinstance(name, str) and isinstance(kind, str) and "module" in node:
+            module = str(node.get("module") or "")
+            if node.get("registered_name") and "keras" not in module:
+                module = ""  # a registered custom class: its own package
+            found.append((name, kind, module or "custom"))
+        for value in node.values():
+            walk(value)
 
     walk(config)
     return found
@@ -303,14 +306,16 @@ def _adapter(
         return adapter, (TensorSpec("x", "float32", (-1, nf)),), pre
     if opts.kind in ("classify", "video"):
         h, w, c = (*step_dims, 1)[:3] if len(step_dims) == 2 else ((*step_dims, 0, 0, 0))[:3]
-        if len(step_dims) not in (2, 3) or c != 1:
+        if len(step_dims) not in (2, 3) or c not in (1, 3):
             raise ImportError_(
-                f"a frame model takes grey images (H, W) or (H, W, 1); the model has {step_dims}"
+                "a frame model takes grey images (H, W) or (H, W, 1), or colour ones "
+                f"(H, W, 3); the model has {step_dims}"
             )
-        pre.update(height=h, width=w, channels=1, color="L", pixel_range=[0, 255])
-        pre["pixel_scale"] = opts.pixel_scale
-        adapter = Adapter(step_dims, pixel_scale=opts.pixel_scale)
-        return adapter, (TensorSpec("x", "float32", (-1, 1, h, w)),), pre
+        # The worker's frames are channels first ([C, H, W], like its grey [1, H, W]).
+        pre.update(height=h, width=w, channels=c, color="L" if c == 1 else "RGB")
+        pre.update(pixel_range=[0, 255], pixel_scale=opts.pixel_scale)
+        adapter = Adapter(step_dims, pixel_scale=opts.pixel_scale, channels_first=c > 1)
+        return adapter, (TensorSpec("x", "float32", (-1, c, h, w)),), pre
     # sentiment: token ids; the tokenizer is the one the worker's text codec loads.
     if conv.input_dtype != "int64" and step_dims:
         raise ImportError_("a sentiment model takes token ids: Input(shape=(T,), dtype='int32')")

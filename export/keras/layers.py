@@ -396,6 +396,25 @@ class Masking(Block):
         return y, own if mask is None else mask & own
 
 
+class Affine(Block):
+    """``x * scale + shift``, broadcast from the last axis (Rescaling, Normalization)."""
+
+    def __init__(
+        self, scale: np.ndarray[Any, Any], shift: np.ndarray[Any, Any], time_local: bool = True
+    ) -> None:
+        super().__init__()
+        self.scale = _param(scale)
+        self.shift = _param(shift)
+        self.local = time_local
+
+    @property
+    def time_local(self) -> bool:  # type: ignore[override]
+        return self.local
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        return x * self.scale + self.shift, mask
+
+
 class PReLU(Block):
     def __init__(self, alpha: np.ndarray[Any, Any]) -> None:
         super().__init__()
@@ -412,10 +431,7 @@ def keras_relu(negative_slope: float, max_value: float | None, threshold: float)
         if negative_slope != 0.0 and max_value is None and threshold == 0.0:
             return F.leaky_relu(x, negative_slope)
         neg = torch.relu(threshold - x) if threshold != 0.0 else torch.relu(-x)
-        if threshold != 0.0:
-            y = x * (x > threshold).to(x.dtype)
-        else:
-            y = torch.relu(x)
+        y = x * (x > threshold).to(x.dtype) if threshold != 0.0 else torch.relu(x)
         if max_value is not None:
             y = torch.clamp(y, 0.0, max_value)
         if negative_slope != 0.0:

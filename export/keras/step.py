@@ -36,6 +36,7 @@ class Adapter:
     output_mean: tuple[float, ...] = ()
     output_std: tuple[float, ...] = ()
     pixel_scale: float | None = None  # frames: multiply the 0-255 pixels by this
+    channels_first: bool = False  # colour frames come [B, C, H, W]; Keras wants [H, W, C]
 
     def features(self, x: Tensor) -> Tensor:
         """``x`` of one event, ``[B, ...]`` -> ``[B, *step_shape]``."""
@@ -43,6 +44,8 @@ class Adapter:
             x = x * self.pixel_scale
         if self.input_mean:
             x = (x - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
         return x.reshape((x.shape[0], *self.step_shape))
 
     def output(self, y: Tensor) -> Tensor:
