@@ -1,4 +1,4 @@
-"""``statecast models list|verify``: what is shipped, and whether it is what was measured.
+"""``statecast models list|verify|evaluate``: what is shipped, and whether it is what was measured.
 
 ``verify`` checks, for every manifest entry: the ONNX file's sha256 (and its artefacts'),
 that the spec in its metadata names the same model, version and kind, and parity of the
@@ -29,7 +29,7 @@ REFERENCE_ARTEFACT = "parity_reference"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["list", "verify"])
+    parser.add_argument("action", choices=["list", "verify", "evaluate"])
     parser.add_argument("names", nargs="*", metavar="MODEL", help="only these models")
     parser.add_argument(
         "--manifest", type=Path, default=DEFAULT_MANIFEST, help="default models/manifest.json"
@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-parity", action="store_true", help="check digests and metadata only"
     )
+    # ``evaluate`` (export/evaluate_cli.py) recomputes each headline figure from the ONNX file.
+    from statecast.export import evaluate_cli
+
+    evaluate_cli.add_arguments(parser)
 
 
 def _selected(entries: dict[str, ManifestEntry], names: list[str]) -> list[ManifestEntry]:
@@ -122,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         list_models(entries)
         return 0
+    if args.action == "evaluate":
+        from statecast.export.evaluate_cli import run_evaluate
+
+        return run_evaluate(entries, root, args.limit, args.tolerance)
     failed = 0
     for entry in entries:
         problems = verify_entry(entry, root, parity=not args.skip_parity)
