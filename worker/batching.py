@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from statecast.contract.spec import StateSpec
+from statecast.worker.array_predictions import predictions_for
 from statecast.worker.codecs.base import (
     Array,
     Codec,
@@ -106,6 +107,7 @@ def run_waves(
     finished: list[Finished | None] | None = [None] * len(records) if generates(codec) else None
     depth = len(flat[0]) if flat else 0
     active = n
+    predict = predictions_for(codec)
     for k in range(depth):
         while active and len(flat[active - 1]) <= k:
             active -= 1
@@ -127,7 +129,7 @@ def run_waves(
         pred_out = {name: arr for name, arr in out.items() if not name.startswith("state_out.")}
         if len(finishing) != active:
             pred_out = {name: arr[finishing] for name, arr in pred_out.items()}
-        for s, p in zip(finishing, codec.predictions(pred_out), strict=True):
+        for s, p in zip(finishing, predict(pred_out), strict=True):
             preds[wave[s][1]] = p
         if finished is not None:
             for i, s in enumerate(finishing):

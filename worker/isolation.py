@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
 from statecast.contract.spec import StateSpec
+from statecast.worker.array_predictions import ENCODE
 from statecast.worker.batching import State, StepRunner, StreamWork, WaveOutcome, run_waves
 from statecast.worker.codecs.base import Codec, Decoded, RawRecord, Rejected
 from statecast.worker.errors import is_outage
@@ -104,6 +104,8 @@ class SafeOutcome:
 def _finite(value: Any) -> bool:
     if type(value) is float:
         return math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return bool(np.isfinite(value).all())
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
     if isinstance(value, list | tuple):
@@ -122,7 +124,7 @@ def compute_isolating(
     works: list[StreamWork],
     model_ref: str,
     now_ms: Callable[[], int],
-    encode: Callable[[Any], bytes] = orjson.dumps,
+    encode: Callable[[Any], bytes] = ENCODE,
 ) -> SafeOutcome:
     """Run the waves, screen the outputs and encode the predictions, isolating failures to
     the streams that caused them."""
