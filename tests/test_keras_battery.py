@@ -567,6 +567,29 @@ CASES: dict[str, Case] = {
         "forecast",
         "stateful",
     ),
+    "layernorm_lstm_window": Case(
+        seq(
+            (W, 3),
+            rnn("LSTM", 6, return_sequences=True),
+            lay("LayerNormalization"),
+            rnn("LSTM", 4),
+            lay("LayerNormalization", center=False, epsilon=1e-5),
+            dense(1),
+        ),
+        "forecast",
+        "window",
+    ),
+    "layernorm_gru_stateful": Case(
+        seq(
+            (NONE, 3),
+            dense(8, "gelu"),
+            lay("LayerNormalization", scale=False),
+            rnn("GRU", 5),
+            dense(1),
+        ),
+        "forecast",
+        "stateful",
+    ),
 }
 
 SEQ_MODES = ("window", "stateful")
@@ -755,9 +778,9 @@ def _lambda() -> Any:
     )
 
 
-def _layernorm() -> Any:
+def _group_norm() -> Any:
     return keras.Sequential(
-        [keras.Input((W, 2)), L.LSTM(3, return_sequences=True), L.LayerNormalization(), L.LSTM(2)]
+        [keras.Input((W, 4)), L.GroupNormalization(groups=2, name="gn"), L.LSTM(2), L.Dense(1)]
     )
 
 
@@ -800,8 +823,8 @@ REFUSED: dict[str, tuple[Callable[[], Any], str, tuple[str, ...]]] = {
     "attention": (_attention, "window", ("'att'", "Attention", "attention")),
     "branching": (_branching, "window", ("linear stack",)),
     "lambda": (_lambda, "window", ("'double'", "Lambda")),
-    "layernorm": (_layernorm, "window", ("LayerNormalization",)),
-    "conv_in_stateful": (_conv_in_stateful, "stateful", ("--mode window",)),
+    "group_norm": (_group_norm, "window", ("'gn'", "GroupNormalization")),
+    "conv_in_stateful": (_conv_in_stateful, "stateful", ("Conv1D", "--mode window")),
 }
 
 

@@ -34,6 +34,7 @@ from statecast.export.keras.layers import (
     GlobalAvgPool,
     GlobalMaxPool,
     Identity,
+    LayerNorm,
     Masking,
     MaxPool,
     Permute,
@@ -167,11 +168,16 @@ def convert_stack(model: Any) -> Chain:
 def convert_layer(layer: Any) -> Block:
     kind = type(layer).__name__
     if kind in STACKS:
-        return convert_stack(layer)
+        stack = convert_stack(layer)
+        stack.label = _name(layer)
+        return stack
     if kind == "TimeDistributed":
-        return TimeDistributed(convert_layer(layer.layer))
+        wrapped = TimeDistributed(convert_layer(layer.layer))
+        wrapped.label = _name(layer)
+        return wrapped
     check_layer(layer)
     block: Block = CONVERTERS[kind](layer)
+    block.label = _name(layer)
     return block
 
 
@@ -329,6 +335,19 @@ def _normalization(layer: Any) -> Block:
     return Affine(1.0 / std, -mean / std, local)
 
 
+def _layernorm(layer: Any) -> Block:
+    cfg = layer.get_config()
+    axis = cfg.get("axis", -1)
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    rank = len(layer.input.shape)
+    if [a % rank for a in axes] != [rank - 1]:
+        raise UnsupportedLayer(f"{_name(layer)}: only axis=-1 (the features) is converted")
+    w = _weights(layer)
+    gamma = w.pop(0) if cfg.get("scale", True) else None
+    beta = w.pop(0) if cfg.get("center", True) else None
+    return LayerNorm(gamma, beta, float(cfg["epsilon"]), bool(cfg.get("rms_scaling", False)))
+
+
 def _prelu(layer: Any) -> Block:
     return PReLU(_weights(layer)[0])
 
@@ -389,6 +408,7 @@ CONVERTERS: dict[str, Any] = {
     "PReLU": _prelu,
     "Identity": lambda layer: Identity(),
     "Rescaling": _rescaling,
+    "LayerNormalization": _layernorm,
     "Normalization": _normalization,
     "ActivityRegularization": lambda layer: Identity(),
     "AlphaDropout": lambda layer: Identity(),

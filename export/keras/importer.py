@@ -211,9 +211,10 @@ def _check_stateful(conv: Converted) -> None:
     tail_local = isinstance(blocks[last], Recurrent) and blocks[last].return_sequences
     for i, b in enumerate(blocks):
         if (i < last or tail_local) and not b.time_local:
+            what = b.label or f"block {i} ({type(b).__name__})"
             raise ImportError_(
-                f"block {i} ({type(b).__name__}) mixes time steps, so the model cannot advance "
-                "one event at a time: import it with --mode window"
+                f"{what} mixes time steps, so the model cannot advance one event at a time: "
+                "import it with --mode window"
             )
 
 

@@ -81,6 +81,7 @@ class Block(nn.Module):
     """One Keras layer. ``time_local`` is True when it treats every time step on its own."""
 
     time_local = True
+    label = ""  # the Keras layer it came from, for messages: "layer 'x' (Conv1D)"
 
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         raise NotImplementedError
@@ -413,6 +414,35 @@ class Affine(Block):
 
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         return x * self.scale + self.shift, mask
+
+
+class LayerNorm(Block):
+    """LayerNormalization over the last axis (each time step on its own)."""
+
+    def __init__(
+        self,
+        gamma: np.ndarray[Any, Any] | None,
+        beta: np.ndarray[Any, Any] | None,
+        epsilon: float,
+        rms_scaling: bool,
+    ) -> None:
+        super().__init__()
+        self.gamma = _param(gamma) if gamma is not None else None
+        self.beta = _param(beta) if beta is not None else None
+        self.epsilon = epsilon
+        self.rms_scaling = rms_scaling
+
+    def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+        inv = torch.rsqrt(var + self.epsilon)
+        # Keras's (deprecated) rms_scaling divides x itself by the std, without centring.
+        y = x * inv if self.rms_scaling else (x - mean) * inv
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None and not self.rms_scaling:
+            y = y + self.beta
+        return y, mask
 
 
 class PReLU(Block):
