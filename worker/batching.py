@@ -54,6 +54,9 @@ class WaveOutcome:
     predictions: list[tuple[RawRecord, Decoded, dict[str, Any]]]
     final_states: list[State]  # aligned with the input ``streams``
     waves: int
+    # Whether each final state is all finite (aligned with ``streams``), checked for the
+    # whole batch at once; empty when not computed.
+    finite_states: list[bool] = field(default_factory=list)
 
 
 def group_by_stream(
@@ -144,12 +147,20 @@ def run_waves(
     final: list[State] = [{} for _ in range(n)]
     for pos, s in enumerate(order):
         final[s] = {spec.name: states[spec.name][:, pos, :].copy() for spec in state_specs}
+    ok = np.ones(n, dtype=bool)
+    for arr in states.values():
+        ok &= np.isfinite(arr).all(axis=(0, 2))
+    ok_sorted = ok.tolist()
+    finite = [True] * n
+    for pos, s in enumerate(order):
+        finite[s] = ok_sorted[pos]
     return WaveOutcome(
         predictions=[
             (raw, dec, p) for (raw, dec), p in zip(records, preds, strict=True) if p is not None
         ],
         final_states=final,
         waves=depth,
+        finite_states=finite,
     )
 
 

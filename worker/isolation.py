@@ -147,22 +147,44 @@ def compute_isolating(
     stamp = now_ms()
     for group, outcome in outcomes:
         out.waves = max(out.waves, outcome.waves)
-        by_record = {id(raw): pred for raw, _, pred in outcome.predictions}
-        for w, final in zip(group, outcome.final_states, strict=True):
-            mine = [
-                (raw, dec, by_record[id(raw)]) for raw, dec in w.records if id(raw) in by_record
-            ]
+        preds = outcome.predictions
+        # The common case: every record got its prediction, so ``preds`` is in the order of
+        # ``group`` and its records, and the whole group encodes in one pass; a stream's
+        # share is then a slice. Otherwise (or if any prediction fails to encode) each
+        # stream is matched and encoded on its own.
+        in_order = len(preds) == sum(len(w.records) for w in group)
+        encoded: list[OutMessage] | None = None
+        if in_order:
+            try:
+                encoded = prediction_messages(model_ref, preds, stamp, encode)
+            except Exception:  # found and blamed stream by stream below
+                encoded = None
+        by_record = None if in_order else {id(raw): pred for raw, _, pred in preds}
+        finite = outcome.finite_states
+        pos = 0
+        for i, (w, final) in enumerate(zip(group, outcome.final_states, strict=True)):
+            k = len(w.records)
+            if by_record is None:
+                mine = preds[pos : pos + k]
+            else:
+                mine = [
+                    (raw, dec, by_record[id(raw)]) for raw, dec in w.records if id(raw) in by_record
+                ]
             reason, detail = "", ""
-            if len(mine) != len(w.records):
+            if len(mine) != k:
                 reason, detail = REASON_INFERENCE_ERROR, "a record of the stream got no prediction"
-            elif not _state_finite(final):
+            elif not (finite[i] if finite else _state_finite(final)):
                 reason, detail = REASON_NOT_FINITE_OUTPUT, "the stream's next state is not finite"
             messages: list[OutMessage] = []
             if not reason:
-                try:
-                    messages = prediction_messages(model_ref, mine, stamp, encode)
-                except Exception as exc:  # orjson: TypeError, OverflowError, ...
-                    reason, detail = REASON_UNENCODABLE, _describe(exc)
+                if encoded is not None:
+                    messages = encoded[pos : pos + k]
+                else:
+                    try:
+                        messages = prediction_messages(model_ref, mine, stamp, encode)
+                    except Exception as exc:  # orjson: TypeError, OverflowError, ...
+                        reason, detail = REASON_UNENCODABLE, _describe(exc)
+            pos += k
             # orjson writes NaN and inf as null: a message without "null" anywhere has only
             # finite numbers (one substring search), the rare rest gets the exact check.
             if not reason and any(
