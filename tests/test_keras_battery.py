@@ -56,6 +56,9 @@ class Case:
     args: tuple[str, ...] = field(default=())
     pixel_scale: float = 1.0 / 255.0  # what the importer multiplies the 0-255 pixels by
     adapt: bool = False  # call adapt() on Normalization layers with realistic data
+    # The output [B, H, out] is a whole multi-step forecast (a Reshape head, a decoder), not
+    # one output per input step: the served prediction is all of it, not its last step.
+    horizon: bool = False
 
 
 def seq(shape: tuple[int | None, ...], *layers: Any, dtype: str = "float32") -> Callable[[], Any]:
@@ -507,6 +510,31 @@ CASES: dict[str, Case] = {
         ),
         "forecast",
         "window",
+        horizon=True,
+    ),
+    "reshape_multistep_head_window": Case(
+        seq((W, 2), rnn("LSTM", 6), dense(4 * 2), lay("Reshape", (4, 2))),
+        "forecast",
+        "window",
+        horizon=True,
+        args=("--targets", "lo,hi"),
+    ),
+    "reshape_multistep_head_stateful": Case(
+        seq((NONE, 2), rnn("GRU", 5), dense(3), lay("Reshape", (3, 1))),
+        "forecast",
+        "stateful",
+        horizon=True,
+    ),
+    "conv1d_same_sequence_output_window": Case(
+        seq((W, 2), lay("Conv1D", 3, 3, padding="same", activation="relu"), dense(1)),
+        "forecast",
+        "window",
+        horizon=True,
+    ),
+    "lstm_sequence_output_window": Case(
+        seq((W, 2), rnn("LSTM", 4, return_sequences=True), dense(2)),
+        "forecast",
+        "window",
     ),
     "masking_lstm_window": Case(
         seq((W, 3), lay("Masking", mask_value=0.0), rnn("LSTM", 5), dense(1)),
@@ -654,7 +682,8 @@ def _realistic(kind: str, shape: tuple[int, ...], n: int) -> Array:
     blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.1 * h * w))
     tint = np.linspace(1.0, 0.6, shape[0])[None, None, :, None, None]  # colour channels
     img = blob[:, :, None] * tint + 10 * rng.normal(size=(b, n, *shape))
-    return np.clip(img, 0, 255)
+    clipped: Array = np.clip(img, 0, 255)
+    return clipped
 
 
 def _events(kind: str, shape: tuple[int, ...], n: int, realistic: bool) -> Array:
@@ -691,9 +720,9 @@ def _keras_input(case: Case, events: Array) -> Array:
     return np.moveaxis(events, 2, -1) * case.pixel_scale
 
 
-def _predict(model: Any, x: Array) -> Array:
+def _predict(model: Any, x: Array, horizon: bool = False) -> Array:
     y = np.asarray(model.predict(x, verbose=0), np.float64)
-    return y[:, -1] if y.ndim == 3 else y
+    return y[:, -1] if y.ndim == 3 and not horizon else y
 
 
 def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: bool) -> float:
@@ -715,14 +744,14 @@ def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: boo
         if stateless:
             want = _predict(model, keras_in[:, t])
         elif case.mode in ("stateful", None):
-            want = _predict(model, keras_in[:, : t + 1])
+            want = _predict(model, keras_in[:, : t + 1], case.horizon)
         else:
             w = int(in_shape[0])
             if t + 1 < w:
                 assert np.all(step["warming_up"] == 1.0)
                 continue
             assert np.all(step["warming_up"] == 0.0)
-            want = _predict(model, keras_in[:, t + 1 - w : t + 1])
+            want = _predict(model, keras_in[:, t + 1 - w : t + 1], case.horizon)
         worst = max(worst, float(np.max(np.abs(step[out] - want))))
     return worst
 
@@ -789,7 +818,7 @@ def _conv_in_stateful() -> Any:
 
 
 @keras.saving.register_keras_serializable(package="battery")
-class Doubler(keras.layers.Layer):  # type: ignore[misc]
+class Doubler(keras.layers.Layer):  # type: ignore[misc,name-defined]
     def call(self, x: Any) -> Any:
         return x * 2.0
 

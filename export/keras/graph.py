@@ -86,6 +86,10 @@ class Converted:
     input_shape: tuple[int | None, ...]  # Keras's, batch axis first
     input_dtype: str
     recurrent: tuple[Recurrent, ...]  # top-level recurrent blocks, in order
+    # The output keeps the input's time axis step for step ([B, T, out] from RNNs with
+    # return_sequences and time-local layers): its last step is the newest event's
+    # prediction. Any other [B, H, out] (a Reshape head, RepeatVector decoder) is whole.
+    sequence_output: bool = False
 
 
 def _name(layer: Any) -> str:
@@ -441,7 +445,24 @@ def convert_model(model: Any) -> Converted:
     shape = tuple(None if d is None else int(d) for d in inp.shape)
     dtype = "int64" if "int" in str(inp.dtype) else "float32"
     recurrent = tuple(b for b in chain.blocks if isinstance(b, Recurrent))
-    return Converted(chain=chain, input_shape=shape, input_dtype=dtype, recurrent=recurrent)
+    return Converted(
+        chain=chain,
+        input_shape=shape,
+        input_dtype=dtype,
+        recurrent=recurrent,
+        sequence_output=len(shape) >= 3 and keeps_time_axis(chain),
+    )
+
+
+def keeps_time_axis(chain: Chain) -> bool:
+    """Whether the chain's output is still aligned step for step with its input's time axis."""
+    aligned = True
+    for b in chain.blocks:
+        if isinstance(b, Recurrent):
+            aligned = aligned and b.return_sequences
+        else:
+            aligned = aligned and b.time_local
+    return aligned
 
 
 def flat_blocks(chain: Chain) -> Sequence[Block]:

@@ -198,6 +198,7 @@ def _all_layers(model: Any) -> list[Any]:
 @dataclass(frozen=True)
 class Plan:
     mode: str  # "window", "stateful" or "stateless"
+    sequence_output: bool  # the model's output has the time axis: take its last step
     window: int
     fixed_time: int  # the model's time length when its input fixes one, else 0
     adapter: Adapter
@@ -263,7 +264,7 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
     )
     step: nn.Module
     if mode == "window":
-        step = WindowStep(conv.chain, adapter, window)
+        step = WindowStep(conv.chain, adapter, window, conv.sequence_output)
     elif mode == "stateless":
         step = StatelessStep(conv.chain, adapter)
     elif opts.kind == "sentiment":
@@ -271,7 +272,15 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
     else:
         step = StatefulFrameStep(conv.chain, adapter)
     fixed = int(shape[1]) if len(shape) > 2 and shape[1] is not None else 0
-    return Plan(mode, window, fixed, adapter, spec, step.eval())
+    sequence = conv.sequence_output or (mode == "stateful" and _stateful_sequence(conv))
+    return Plan(mode, sequence, window, fixed, adapter, spec, step.eval())
+
+
+def _stateful_sequence(conv: Converted) -> bool:
+    """Stateful steps take the last time step after the last recurrent layer when it
+    returns sequences (StatefulStep.run): the reference must do the same."""
+    last = conv.recurrent[-1]
+    return last.return_sequences
 
 
 def _adapter(

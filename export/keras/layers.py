@@ -288,7 +288,7 @@ class AvgPool(Block):
             else:
                 pads = [p for i in reversed(range(nd)) for p in split[i]]
                 h = F.pad(h, pads, mode="replicate")
-        y = pool(h, self.pool, self.strides, sym, count_include_pad=False)  # type: ignore[operator]
+        y = pool(h, self.pool, self.strides, sym, count_include_pad=False)
         return channels_last(y), None
 
 

@@ -46,7 +46,7 @@ def _adapt(plan: Plan, events: Array) -> Array:
 
 
 def _out(plan: Plan, y: Array) -> Array:
-    if y.ndim == 3:  # a sequence output ([B, T, out]): the prediction is its last step
+    if plan.sequence_output:  # [B, T, out]: the newest event's prediction is the last step
         y = y[:, -1]
     with torch.no_grad():
         return plan.adapter.output(torch.from_numpy(y.astype(np.float32))).numpy()

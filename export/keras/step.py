@@ -55,18 +55,19 @@ class Adapter:
 
 
 class WindowStep(nn.Module):
-    def __init__(self, chain: Chain, adapter: Adapter, window: int) -> None:
+    def __init__(self, chain: Chain, adapter: Adapter, window: int, sequence: bool) -> None:
         super().__init__()
         self.chain = chain
         self.adapter = adapter
         self.window = window
+        self.sequence = sequence  # the output is per time step: this event's is the last
 
     def forward(self, x: Tensor, win: Tensor, count: Tensor) -> tuple[Tensor, ...]:
         b = x.shape[0]
         v = self.adapter.features(x).reshape(b, 1, -1)
         buf = torch.cat([win[0].reshape(b, self.window, -1)[:, 1:], v], dim=1)
         y, _ = self.chain(buf.reshape((b, self.window, *self.adapter.step_shape)), None)
-        if y.dim() == 3:  # a sequence output: this event's prediction is its last step
+        if self.sequence:
             y = y[:, -1]
         seen = torch.clamp(count + 1.0, max=float(self.window))
         warming = (seen[0] < float(self.window)).to(torch.float32)
