@@ -160,6 +160,8 @@ def compute_isolating(
             except Exception:  # found and blamed stream by stream below
                 encoded = None
         by_record = None if in_order else {id(raw): pred for raw, _, pred in preds}
+        # One look at the whole batch for "null" (below); usually none has it.
+        suspect = encoded is None or any(b"null" in m.value for m in encoded)
         finite = outcome.finite_states
         pos = 0
         for i, (w, final) in enumerate(zip(group, outcome.final_states, strict=True)):
@@ -187,9 +189,13 @@ def compute_isolating(
             pos += k
             # orjson writes NaN and inf as null: a message without "null" anywhere has only
             # finite numbers (one substring search), the rare rest gets the exact check.
-            if not reason and any(
-                b"null" in m.value and not _finite(p)
-                for m, (_, _, p) in zip(messages, mine, strict=True)
+            if (
+                not reason
+                and suspect
+                and any(
+                    b"null" in m.value and not _finite(p)
+                    for m, (_, _, p) in zip(messages, mine, strict=True)
+                )
             ):
                 reason, detail = REASON_NOT_FINITE_OUTPUT, "a prediction is not finite"
             if reason:
