@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="window: state = the last W inputs, predictions equal model.predict on that "
         "window; stateful: state = the recurrent layers' h/c, one event per step "
-        "(default stateful for recurrent models)",
+        "(default: window when the model's input fixes its time length, stateful when it "
+        "is None; sentiment is always stateful)",
     )
     parser.add_argument("--features", help="forecast: input feature names, in model order")
     parser.add_argument("--targets", help="forecast: names of the output columns")

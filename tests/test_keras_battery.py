@@ -551,8 +551,23 @@ CASES: dict[str, Case] = {
         "forecast",
         "window",
     ),
+    # No --mode: a None time axis means stateful, a fixed one window (what it was trained on).
     "lstm_default_mode_is_stateful": Case(
-        seq((NONE, 2), rnn("LSTM", 4), dense(1)), "forecast", None, args=()
+        seq((NONE, 2), rnn("LSTM", 4), dense(1)), "forecast", None
+    ),
+    "gru_default_mode_is_window": Case(seq((W, 2), rnn("GRU", 4), dense(1)), "forecast", None),
+    "conv1d_default_mode_is_window": Case(
+        seq((W, 2), lay("Conv1D", 3, 3), lay("Flatten"), dense(1)), "forecast", None
+    ),
+    "td_cnn_default_mode_is_window": Case(
+        seq(
+            (3, 8, 8, 1),
+            td(lay("Conv2D", 2, 3), lay("Flatten"), shape=(8, 8, 1)),
+            rnn("SimpleRNN", 3),
+            dense(2, "softmax"),
+        ),
+        "video",
+        None,
     ),
     "rescaling_cnn_raw_pixels": Case(
         seq(
@@ -727,11 +742,12 @@ def _predict(model: Any, x: Array, horizon: bool = False) -> Array:
 
 def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: bool) -> float:
     in_shape = tuple(model.inputs[0].shape[1:])
-    stateless = case.mode is None and case.kind != "forecast"
+    stateless = case.kind == "classify"
+    mode = case.mode or ("stateful" if in_shape[0] is None else "window")
     step_shape = in_shape if stateless else in_shape[1:]
     channels = step_shape[2] if len(step_shape) == 3 else 1
     event_shape = step_shape if case.kind == "forecast" else (channels, *step_shape[:2])
-    n = (int(in_shape[0]) + 3) if case.mode == "window" else 6
+    n = (int(in_shape[0]) + 3) if mode == "window" else 6
     events = _events(case.kind, event_shape, n, realistic)
     if realistic and case.kind == "forecast":
         # A gap filled with zeros, as real feeds have: Masking layers skip such a step.
@@ -743,7 +759,7 @@ def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: boo
     for t, step in enumerate(got):
         if stateless:
             want = _predict(model, keras_in[:, t])
-        elif case.mode in ("stateful", None):
+        elif mode == "stateful":
             want = _predict(model, keras_in[:, : t + 1], case.horizon)
         else:
             w = int(in_shape[0])

@@ -65,7 +65,7 @@ class ImportError_(ValueError):
 class ImportOptions:
     name: str
     kind: str
-    mode: str | None = None  # default: stateful when the model has recurrent layers
+    mode: str | None = None  # default: window for a fixed time axis, else stateful
     features: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
@@ -222,7 +222,11 @@ def _check_stateful(conv: Converted) -> None:
 def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
     shape = conv.input_shape
     has_rnn = bool(conv.recurrent)
-    mode = opts.mode or ("stateful" if has_rnn else "stateless")
+    # The default follows the input: a fixed time axis means the model was trained on
+    # windows of that length (window semantics); a None one means any length (stateful).
+    fixed_time = len(shape) >= 3 and shape[1] is not None
+    default = "window" if fixed_time and opts.kind != "sentiment" else "stateful"
+    mode = opts.mode or (default if has_rnn or fixed_time else "stateless")
     if opts.kind == "classify":
         if opts.mode is not None:
             raise ImportError_("--mode applies to sequence models; classify is per frame")
