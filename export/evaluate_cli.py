@@ -191,8 +191,9 @@ def eval_price(
         "test_nll (pooled Gaussian NLL, log-return units)",
         float(scores.mean()),
         _meta(entry, "test_nll"),
-        str(entry.metrics.get("baseline", "")),
-        _meta(entry, "baseline_nll"),
+        # The strongest GARCH family member fitted, not only the one named "baseline".
+        str(entry.metrics.get("best_garch", entry.metrics.get("baseline", ""))),
+        _meta(entry, "best_garch_nll") or _meta(entry, "baseline_nll"),
         True,
         len(scores),
     )
@@ -325,13 +326,21 @@ def eval_sentiment(
                 if n_chunks[j] == k + 1:
                     prob[r] = float(p[j, 0])
     acc = float(((prob > 0.5).astype(np.int64) == labels).mean())
+    # The n-gram term alone is an NBSVM, the classic simple baseline on IMDB: when the
+    # manifest records it and it scores higher than the named baseline, it is the bar.
+    named, ngram = _meta(entry, "baseline_accuracy"), _meta(entry, "ngram_only_accuracy")
+    strongest = (
+        ("n-gram term alone (NBSVM)", ngram)
+        if ngram is not None and (named is None or ngram > named)
+        else (str(entry.metrics.get("baseline", "")), named)
+    )
     return Figure(
         entry.name,
         "test_accuracy",
         acc,
         _meta(entry, "test_accuracy"),
-        str(entry.metrics.get("baseline", "")),
-        _meta(entry, "baseline_accuracy"),
+        strongest[0],
+        strongest[1],
         False,
         len(labels),
     )
@@ -377,17 +386,20 @@ def eval_caption(
     ctx_entry = load_manifest()[str(ctx_spec["model"])]
     video = build_session(PACKAGE_ROOT / ctx_entry.onnx)
     vspec = ModelSpec.from_metadata(video.get_modelmeta().custom_metadata_map)
-    test = build_scene_splits()["test"]
+    scenes = build_scene_splits()
+    test = scenes["test"]
     frames, lengths = test.frames[:limit], test.lengths[:limit]
     n = len(lengths)
     # Video first: the state the worker stores after each camera's latest frame.
     vstep = Stepper(video, vspec, n)
     state_name = "state_in." + str(ctx_spec["state"])
     context = np.zeros((n, int(ctx_spec["size"])), np.float32)
+    motion = np.zeros(n, np.int64)
     for t in range(int(lengths.max())):
-        vstep.step({"x": frames[:, t, None].astype(np.float32)})
+        (probs,) = vstep.step({"x": frames[:, t, None].astype(np.float32)})
         last = lengths == t + 1
         context[last] = vstep.state[state_name][-1][last]
+        motion[last] = probs[last].argmax(axis=1)
     bos, eos = int(spec.preprocess["bos"]), int(spec.preprocess["eos"])
     stepper = Stepper(session, spec, n)
     tok = np.full((n, 1), bos, np.int64)
@@ -403,13 +415,19 @@ def eval_caption(
             test.labels[:limit], test.garments[:limit], test.cameras[:limit], strict=True
         )
     ]
+    # Baseline: the template filled with video_lstm's motion class and the training
+    # clips' most frequent garment and camera motion (no decoder at all).
+    train = scenes["train"]
+    garment = int(np.bincount(train.garments).argmax())
+    camera = int(np.bincount(train.cameras).argmax())
+    base = [_words_until_eos(caption_ids(int(m), garment, camera), eos) for m in motion]
     return Figure(
         entry.name,
         "test_bleu4 (corpus, greedy)",
         _corpus_bleu4(hyps, refs),
         _meta(entry, "test_bleu4"),
-        "none in the manifest",
-        None,
+        "template from video_lstm's class + majority garment and camera (computed here)",
+        _corpus_bleu4(base, refs),
         False,
         n,
     )
