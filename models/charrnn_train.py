@@ -104,7 +104,7 @@ def ngram_baseline(
 
 
 def train_char_lstm(
-    epochs: int = 1,
+    epochs: int = 2,
     seed: int = 0,
     max_seconds: float | None = None,
     progress: bool = True,

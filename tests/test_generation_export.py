@@ -39,4 +39,6 @@ def test_shipped_char_lstm_spec() -> None:
     m = entry.metrics
     # The figures the card reports, measured on the same bytes for both models.
     assert m["baseline_val_bpc"] == min(m["baseline_val_bpc_by_order"].values())
-    assert m["val_bpc"] < float(m["baseline_val_bpc_by_order"]["4"])
+    # The bar: the RNN below the strongest n-gram on the held-out bytes.
+    assert m["val_bpc"] < m["baseline_val_bpc"]
+    assert m["test_bpc"] < m["baseline_test_bpc"]
