@@ -191,9 +191,7 @@ async def test_generate_route_through_kafka_and_redis(
                 np.testing.assert_allclose(
                     [n["p"] for n in p["prediction"]["next"]], probs[want], atol=1e-4
                 )
-                assert p["prediction"]["continuation"] == offline.continuation(
-                    p["id"], logits, st
-                )
+                assert p["prediction"]["continuation"] == offline.continuation(p["id"], logits, st)
             raw = await client.get(state_key(prefix, "char_lstm", tiny.spec.state_version, stream))
             assert isinstance(raw, bytes)
             stored = codec.decode(raw).state
