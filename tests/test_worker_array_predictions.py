@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.worker.array_predictions import ENCODE, predictions_for
+from statecast.worker.array_predictions import ENCODE, finite_rows_for, predictions_for
 from statecast.worker.codecs.forecast import ForecastCodec
 
 OUTPUTS = (
@@ -63,3 +63,14 @@ def test_other_codecs_keep_their_own_predictions() -> None:
 
     other = Other(_codec().spec, {}, Path("."))
     assert predictions_for(other) == other.predictions
+
+
+def test_finite_rows_mark_exactly_the_rows_with_nan_or_inf() -> None:
+    codec = _codec()
+    outputs = _outputs(4, np.random.default_rng(1))  # last row: NaN in bands, inf in next
+    check = finite_rows_for(codec)
+    assert check is not None
+    assert check(outputs).tolist() == [True, True, True, False]
+    outputs["pair"][0, 1] = -np.inf
+    assert check(outputs).tolist() == [False, True, True, False]
+    assert finite_rows_for(type("Other", (ForecastCodec,), {})(codec.spec, {}, Path("."))) is None

@@ -41,6 +41,28 @@ def predictions_for(codec: Codec) -> Predict:
     return codec.predictions
 
 
+def finite_rows_for(codec: Codec) -> Callable[[Mapping[str, Array]], Array] | None:
+    """For the array path: whether each row of a wave's outputs is all finite, one numpy
+    pass (its predictions are those rows as float64, so finite exactly when the rows are);
+    the worker then needs no scan of the encoded bytes for ``null``. None for other codecs
+    (their predictions may be more than their output rows)."""
+    from statecast.worker.codecs.forecast import ForecastCodec
+
+    if type(codec) is ForecastCodec:
+        return functools.partial(finite_rows, tuple(o.name for o in codec.spec.outputs))
+    return None
+
+
+def finite_rows(names: Sequence[str], outputs: Mapping[str, Array]) -> Array:
+    ok: Array | None = None
+    for name in names:
+        arr = outputs[name]
+        row_ok = np.asarray(np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
+        ok = row_ok if ok is None else ok & row_ok
+    assert ok is not None, "a forecast spec has outputs"
+    return ok
+
+
 def array_predictions(
     specs: Sequence[OutputSpec], outputs: Mapping[str, Array]
 ) -> list[dict[str, Any]]:

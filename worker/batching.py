@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from statecast.contract.spec import StateSpec
-from statecast.worker.array_predictions import predictions_for
+from statecast.worker.array_predictions import finite_rows_for, predictions_for
 from statecast.worker.codecs.base import (
     Array,
     Codec,
@@ -57,6 +57,10 @@ class WaveOutcome:
     # Whether each final state is all finite (aligned with ``streams``), checked for the
     # whole batch at once; empty when not computed.
     finite_states: list[bool] = field(default_factory=list)
+    # Whether each prediction is all finite (aligned with ``predictions``), from the output
+    # rows; empty when the codec's predictions are not just its rows (then the encoded
+    # bytes are checked).
+    finite_predictions: list[bool] = field(default_factory=list)
 
 
 def group_by_stream(
@@ -111,6 +115,8 @@ def run_waves(
     depth = len(flat[0]) if flat else 0
     active = n
     predict = predictions_for(codec)
+    row_check = finite_rows_for(codec)
+    pred_ok: list[bool] | None = [True] * len(records) if row_check is not None else None
     for k in range(depth):
         while active and len(flat[active - 1]) <= k:
             active -= 1
@@ -134,6 +140,11 @@ def run_waves(
             pred_out = {name: arr[finishing] for name, arr in pred_out.items()}
         for s, p in zip(finishing, predict(pred_out), strict=True):
             preds[wave[s][1]] = p
+        if row_check is not None and pred_ok is not None:
+            rows_ok = row_check(pred_out)
+            if not rows_ok.all():
+                for i in np.flatnonzero(~rows_ok).tolist():
+                    pred_ok[wave[finishing[i]][1]] = False
         if finished is not None:
             for i, s in enumerate(finishing):
                 raw = records[wave[s][1]][0]
@@ -161,6 +172,9 @@ def run_waves(
         final_states=final,
         waves=depth,
         finite_states=finite,
+        finite_predictions=[]
+        if pred_ok is None
+        else [ok for ok, p in zip(pred_ok, preds, strict=True) if p is not None],
     )
 
 

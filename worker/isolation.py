@@ -160,12 +160,18 @@ def compute_isolating(
             except Exception:  # found and blamed stream by stream below
                 encoded = None
         by_record = None if in_order else {id(raw): pred for raw, _, pred in preds}
-        # One look at the whole batch for "null" (below); usually none has it.
-        suspect = encoded is None or any(b"null" in m.value for m in encoded)
+        # Non-finite predictions: from the output rows when the wave knows them (aligned
+        # with ``preds``), else one look at the whole batch for "null" (below).
+        flags = outcome.finite_predictions if in_order else []
+        if flags:
+            suspect = not all(flags)
+        else:
+            suspect = encoded is None or any(b"null" in m.value for m in encoded)
         finite = outcome.finite_states
         pos = 0
         for i, (w, final) in enumerate(zip(group, outcome.final_states, strict=True)):
             k = len(w.records)
+            start = pos
             if by_record is None:
                 mine = preds[pos : pos + k]
             else:
@@ -192,9 +198,13 @@ def compute_isolating(
             if (
                 not reason
                 and suspect
-                and any(
-                    b"null" in m.value and not _finite(p)
-                    for m, (_, _, p) in zip(messages, mine, strict=True)
+                and (
+                    not all(flags[start : start + k])
+                    if flags
+                    else any(
+                        b"null" in m.value and not _finite(p)
+                        for m, (_, _, p) in zip(messages, mine, strict=True)
+                    )
                 )
             ):
                 reason, detail = REASON_NOT_FINITE_OUTPUT, "a prediction is not finite"
