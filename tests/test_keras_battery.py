@@ -59,6 +59,7 @@ class Case:
     # The output [B, H, out] is a whole multi-step forecast (a Reshape head, a decoder), not
     # one output per input step: the served prediction is all of it, not its last step.
     horizon: bool = False
+    flat_window: bool = False  # Input((W,)): a window of W one-feature steps
 
 
 def seq(shape: tuple[int | None, ...], *layers: Any, dtype: str = "float32") -> Callable[[], Any]:
@@ -551,6 +552,12 @@ CASES: dict[str, Case] = {
         "forecast",
         "window",
     ),
+    "mlp_lag_vector_window": Case(
+        seq((W,), dense(8, "relu"), dense(1)), "forecast", "window", flat_window=True
+    ),
+    "mlp_features_stateless_forecast": Case(
+        seq((4,), dense(8, "relu"), lay("Dropout", 0.1), dense(2)), "forecast", None
+    ),
     # No --mode: a None time axis means stateful, a fixed one window (what it was trained on).
     "lstm_default_mode_is_stateful": Case(
         seq((NONE, 2), rnn("LSTM", 4), dense(1)), "forecast", None
@@ -742,9 +749,11 @@ def _predict(model: Any, x: Array, horizon: bool = False) -> Array:
 
 def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: bool) -> float:
     in_shape = tuple(model.inputs[0].shape[1:])
-    stateless = case.kind == "classify"
+    stateless = case.kind == "classify" or (case.mode is None and len(in_shape) == 1)
     mode = case.mode or ("stateful" if in_shape[0] is None else "window")
     step_shape = in_shape if stateless else in_shape[1:]
+    if case.flat_window:
+        step_shape = (1,)
     channels = step_shape[2] if len(step_shape) == 3 else 1
     event_shape = step_shape if case.kind == "forecast" else (channels, *step_shape[:2])
     n = (int(in_shape[0]) + 3) if mode == "window" else 6
@@ -754,6 +763,8 @@ def _check_against_keras(model: Any, case: Case, onnx_path: Path, realistic: boo
         events[:, 2] = 0.0
     got = _run_steps(onnx_path, events)
     keras_in = _keras_input(case, events).reshape((*events.shape[:2], *step_shape))
+    if case.flat_window:
+        keras_in = keras_in[..., 0]
     out = "prediction" if case.kind == "forecast" else "probs"
     worst = 0.0
     for t, step in enumerate(got):
@@ -778,7 +789,7 @@ def _cli_args(case: Case, model: Any, src: Path, tmp_path: Path) -> list[str]:
     if case.mode is not None:
         args += ["--mode", case.mode]
     if case.kind == "forecast":
-        nf = int(model.inputs[0].shape[-1])
+        nf = 1 if case.flat_window else int(model.inputs[0].shape[-1])
         args += ["--features", ",".join(f"f{i}" for i in range(nf))]
     return [*args, *case.args]
 

@@ -231,7 +231,7 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
         if opts.mode is not None:
             raise ImportError_("--mode applies to sequence models; classify is per frame")
         mode = "stateless"
-    elif mode not in MODES:
+    elif mode == "stateless" and not (opts.kind == "forecast" and len(shape) == 2):
         raise ImportError_(f"kind {opts.kind} needs --mode window or stateful")
     if mode == "stateful" and not has_rnn:
         raise ImportError_("--mode stateful needs a recurrent layer (SimpleRNN, LSTM, GRU)")
@@ -239,7 +239,9 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
         _check_stateful(conv)
     if opts.kind == "sentiment" and mode != "stateful":
         raise ImportError_("a sentiment model streams token chunks: use --mode stateful")
-    if mode == "window" and (len(shape) < 3 or shape[1] is None):
+    # A 2-D input (samples, W) in window mode is W steps of one feature (the lag-vector
+    # MLP of the forecasting tutorials); without --mode it is one event's F features.
+    if mode == "window" and (len(shape) < 2 or shape[1] is None):
         raise ImportError_(f"--mode window needs a fixed window length; the input is {shape}")
     step_shape = shape[1:] if mode == "stateless" else shape[2:]
     if any(d is None for d in step_shape):
@@ -293,7 +295,7 @@ def _adapter(
     pre: dict[str, Any] = {}
     if opts.kind == "forecast":
         nf = int(np.prod(step_dims))
-        if step_dims != (nf,):
+        if step_dims not in ((nf,), ()):  # (): a 2-D window input, one feature per step
             raise ImportError_(
                 f"a forecast step must be a feature vector, the model has {step_dims}"
             )
