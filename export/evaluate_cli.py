@@ -110,7 +110,7 @@ def _softmax_log2(logits: F32, target: I64) -> F64:
 
 def eval_sensor(
     entry: ManifestEntry, session: ort.InferenceSession, spec: ModelSpec, limit: int | None
-) -> Figure:
+) -> list[Figure]:
     """One-step MAE of p50 at horizon 1 on the test rows (card: 2,628 points), the whole
     year run from a zero state as one stream; a limit starts two days before the test."""
     from statecast.contract.calendar import derive
@@ -134,25 +134,64 @@ def eval_sensor(
     fields = spec.outputs[0].fields
     mid = fields.index("p50")
     stepper = Stepper(session, spec, 1)
-    p50_h1: list[float] = []
+    preds: list[F32] = []
     rows: list[int] = []
     for t in range(start, stop):
         (pred,) = stepper.step({"x": x[t : t + 1]})
         if t >= split.val_end - 1:
-            p50_h1.append(float(pred[0, 0, mid]))
+            preds.append(pred[0])
             rows.append(t)
     idx = np.asarray(rows, np.int64)
-    mae = float(np.mean(np.abs(np.asarray(p50_h1) - demand[idx + 1])))
-    return Figure(
-        entry.name,
-        "test_mae (one-step, p50 at horizon 1, GW)",
-        mae,
-        _meta(entry, "test_mae"),
-        str(entry.metrics.get("baseline", "")),
-        _meta(entry, "baseline_mae"),
-        True,
-        len(idx),
-    )
+    p = np.stack(preds).astype(np.float64)  # [N, horizon, quantiles]
+    mae = float(np.mean(np.abs(p[:, 0, mid] - demand[idx + 1])))
+    figures = [
+        Figure(
+            entry.name,
+            "test_mae (one-step, p50 at horizon 1, GW)",
+            mae,
+            _meta(entry, "test_mae"),
+            str(entry.metrics.get("baseline", "")),
+            _meta(entry, "baseline_mae"),
+            True,
+            len(idx),
+        )
+    ]
+    # Multi-horizon figures on origins whose every target lies in the test rows (card).
+    horizon = p.shape[1]
+    keep = idx + horizon < n
+    if not keep.any():
+        return figures
+    y = demand[idx[keep, None] + np.arange(1, horizon + 1)[None, :]]
+    q = np.asarray(spec.preprocess["quantiles"], np.float64)
+    err = y[..., None] - p[keep]
+    pinball = float(np.maximum(q * err, (q - 1.0) * err).mean())
+    lo, hi = fields.index("p10"), fields.index("p90")
+    inside = (y >= p[keep][..., lo]) & (y <= p[keep][..., hi])
+    base = entry.metrics.get("baseline_pinball", "")
+    figures += [
+        Figure(
+            entry.name,
+            "test_mean_pinball (h1-48, p10/p50/p90, GW)",
+            pinball,
+            _meta(entry, "test_mean_pinball"),
+            str(base),
+            _meta(entry, "baseline_mean_pinball"),
+            True,
+            int(keep.sum()),
+        ),
+        # Coverage has no "better": its bar is a band, so no baseline is compared.
+        Figure(
+            entry.name,
+            "test_coverage80 (p10-p90, all horizons)",
+            float(inside.mean()),
+            _meta(entry, "test_coverage80"),
+            "-",
+            None,
+            False,
+            int(keep.sum()),
+        ),
+    ]
+    return figures
 
 
 def eval_price(
@@ -465,7 +504,9 @@ def eval_gan(
     )
 
 
-Evaluator = Callable[[ManifestEntry, ort.InferenceSession, ModelSpec, int | None], Figure]
+Evaluator = Callable[
+    [ManifestEntry, ort.InferenceSession, ModelSpec, int | None], Figure | list[Figure]
+]
 
 EVALUATORS: dict[str, Evaluator] = {
     "sensor_lstm": eval_sensor,
@@ -480,14 +521,15 @@ EVALUATORS: dict[str, Evaluator] = {
 }
 
 
-def evaluate(entry: ManifestEntry, root: Path, limit: int | None) -> Figure | None:
-    """The recomputed figure of one entry, or None when no evaluator exists for it."""
+def evaluate(entry: ManifestEntry, root: Path, limit: int | None) -> list[Figure]:
+    """The recomputed figures of one entry (headline first); empty without an evaluator."""
     fn = EVALUATORS.get(entry.name)
     if fn is None:
-        return None
+        return []
     session = build_session(root / entry.onnx)
     spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
-    return fn(entry, session, spec, limit)
+    out = fn(entry, session, spec, limit)
+    return out if isinstance(out, list) else [out]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -515,20 +557,22 @@ def run_evaluate(
 ) -> int:
     failed = 0
     for entry in entries:
-        fig = evaluate(entry, root, limit)
-        if fig is None:
+        figures = evaluate(entry, root, limit)
+        if not figures:
             print(f"skip {entry.name}: no evaluator (headline figure not recomputable alone)")
             continue
-        verdict = "ok  "
-        if limit is None and not fig.matches(tolerance):
-            verdict = "FAIL"
-            failed += 1
-        beats = fig.beats_baseline()
-        print(
-            f"{verdict} {fig.name}: {fig.metric} model={_fmt(fig.value)} "
-            f"manifest={_fmt(fig.manifest)} baseline[{fig.baseline}]={_fmt(fig.baseline_value)} "
-            f"beats_baseline={beats} n={fig.items}" + (" (slice)" if limit is not None else "")
-        )
+        for fig in figures:
+            verdict = "ok  "
+            if limit is None and not fig.matches(tolerance):
+                verdict = "FAIL"
+                failed += 1
+            print(
+                f"{verdict} {fig.name}: {fig.metric} model={_fmt(fig.value)} "
+                f"manifest={_fmt(fig.manifest)} "
+                f"baseline[{fig.baseline}]={_fmt(fig.baseline_value)} "
+                f"beats_baseline={fig.beats_baseline()} n={fig.items}"
+                + (" (slice)" if limit is not None else "")
+            )
     return 1 if failed else 0
 
 
