@@ -458,10 +458,11 @@ def keeps_time_axis(chain: Chain) -> bool:
     """Whether the chain's output is still aligned step for step with its input's time axis."""
     aligned = True
     for b in chain.blocks:
+        assert isinstance(b, Block)
         if isinstance(b, Recurrent):
             aligned = aligned and b.return_sequences
         else:
-            aligned = aligned and b.time_local
+            aligned = aligned and bool(b.time_local)
     return aligned
 
 
