@@ -219,7 +219,7 @@ def _check_stateful(conv: Converted) -> None:
             )
 
 
-def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
+def make_plan(conv: Converted, opts: ImportOptions, positive_column: int | None = None) -> Plan:
     shape = conv.input_shape
     has_rnn = bool(conv.recurrent)
     # The default follows the input: a fixed time axis means the model was trained on
@@ -248,7 +248,7 @@ def make_plan(conv: Converted, opts: ImportOptions) -> Plan:
         raise ImportError_(f"input shape {shape}: only the time axis may be unknown")
     step_dims = tuple(int(d) for d in step_shape if d is not None)
     window = int(shape[1]) if mode == "window" and shape[1] is not None else 0
-    adapter, inputs, pre = _adapter(opts, step_dims, conv)
+    adapter, inputs, pre = _adapter(opts, step_dims, conv, positive_column)
     outputs = _outputs(opts, conv)
     if mode == "window":
         outputs = (
@@ -290,7 +290,10 @@ def _stateful_sequence(conv: Converted) -> bool:
 
 
 def _adapter(
-    opts: ImportOptions, step_dims: tuple[int, ...], conv: Converted
+    opts: ImportOptions,
+    step_dims: tuple[int, ...],
+    conv: Converted,
+    positive_column: int | None = None,
 ) -> tuple[Adapter, tuple[TensorSpec, ...], dict[str, Any]]:
     pre: dict[str, Any] = {}
     if opts.kind == "forecast":
@@ -339,7 +342,9 @@ def _adapter(
         raise ImportError_("--tokenizer is required for kind sentiment (the worker tokenizes)")
     pre.update(max_chunk_tokens=opts.chunk, pad_id=0, max_text_chars=20_000)
     inputs = (TensorSpec("x", "int64", (-1, -1)), TensorSpec("lengths", "int64", (-1,)))
-    return Adapter(step_dims), inputs, pre
+    if positive_column is not None:
+        pre["positive_column"] = positive_column
+    return Adapter(step_dims, select=positive_column), inputs, pre
 
 
 def _outputs(opts: ImportOptions, conv: Converted) -> tuple[OutputSpec, ...]:
@@ -413,6 +418,18 @@ def _import_keras(
     predict = keras_predict(model)
     rng = np.random.default_rng(opts.seed)
     references = [ref.build(plan, predict, rng, None, opts)]
+    if opts.kind == "sentiment":
+        width = int(references[0].expected[-1]["positive"].shape[-1])
+        if width == 2:
+            # A two-class softmax head (labels 0 negative, 1 positive): serve column 1,
+            # which is model.predict(...)[:, 1].
+            plan = make_plan(conv, opts, positive_column=1)
+            references = [ref.build(plan, predict, np.random.default_rng(opts.seed), None, opts)]
+        elif width != 1:
+            raise ImportError_(
+                f"a sentiment model ends in 1 unit (P(positive)) or 2 (a softmax over "
+                f"negative, positive); this one has {width}"
+            )
     if sample is not None:
         references.append(ref.build(plan, predict, rng, sample, opts))
     if opts.kind in ("classify", "video"):

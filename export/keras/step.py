@@ -37,6 +37,7 @@ class Adapter:
     output_std: tuple[float, ...] = ()
     pixel_scale: float | None = None  # frames: multiply the 0-255 pixels by this
     channels_first: bool = False  # colour frames come [B, C, H, W]; Keras wants [H, W, C]
+    select: int | None = None  # serve this output column alone (a 2-class softmax's positive)
 
     def features(self, x: Tensor) -> Tensor:
         """``x`` of one event, ``[B, ...]`` -> ``[B, *step_shape]``."""
@@ -49,6 +50,8 @@ class Adapter:
         return x.reshape((x.shape[0], *self.step_shape))
 
     def output(self, y: Tensor) -> Tensor:
+        if self.select is not None:
+            y = y[..., self.select : self.select + 1]
         if self.output_mean:
             y = y * torch.tensor(self.output_std) + torch.tensor(self.output_mean)
         return y
