@@ -31,7 +31,7 @@ EXIT_DEPENDENCY = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Configured by STATECAST_* environment variables; see README, section worker."
+    parser.epilog = "Configured by STATECAST_* environment variables; see docs/configuration.md."
     parser.add_argument("--routes", help="override STATECAST_ROUTES")
     parser.add_argument("--http-port", type=int, help="override STATECAST_HTTP_PORT")
     parser.add_argument(

@@ -333,7 +333,7 @@ def build_dashboard() -> dict[str, Any]:
         "uid": "statecast-worker",
         "title": "statecast worker",
         "description": "Throughput, latency, batching, lag, dead letters, state and health "
-        "of the statecast workers (metrics: README, section worker).",
+        "of the statecast workers (metrics: docs/metrics.md).",
         "tags": ["statecast", "kafka", "onnx"],
         "editable": True,
         "graphTooltip": 1,
