@@ -19,10 +19,10 @@ Checks, in order, each a dead letter with its reason code:
   claims a huge image costs nothing) over ``max_pixels``, or, with ``resize=0``, other
   than the model's ``height`` x ``width`` -> ``wrong_size``.
 
-Frames are converted to 8-bit grey and resized to the model's input size (Pillow's
-bilinear filter, with JPEG's DCT-domain downscaling when the image is much larger). The
-model takes raw 0-255 values (its graph scales them), so ``x`` is the pixels as float32,
-``[1, H, W]``.
+Frames are converted to 8-bit grey (or RGB for a model whose spec says ``channels: 3``)
+and resized to the model's input size (Pillow's bilinear filter, with JPEG's DCT-domain
+downscaling when the image is much larger). The model takes raw 0-255 values (its graph
+scales them), so ``x`` is the pixels as float32, ``[C, H, W]``.
 
 Prediction: ``{"class": <best class>, "confidence": p, "probs": {class: p, ...}}``.
 
@@ -80,9 +80,12 @@ class FrameCodec:
         if unknown:
             raise ValueError(f"frame route: unknown options {sorted(unknown)}")
         pre = spec.preprocess
-        if int(pre.get("channels", 1)) != 1:
-            raise ValueError(f"{spec.name}: only single-channel (grey) frame models are served")
+        channels = int(pre.get("channels", 1))
+        if channels not in (1, 3):
+            raise ValueError(f"{spec.name}: frame models take 1 (grey) or 3 (RGB) channels")
         self.spec = spec
+        self.channels = channels
+        self._mode = "L" if channels == 1 else "RGB"
         self.height = int(pre["height"])
         self.width = int(pre["width"])
         self.max_bytes = int(options.get("max_bytes", DEFAULT_MAX_BYTES))
@@ -143,14 +146,16 @@ class FrameCodec:
             try:
                 if img.format == "JPEG":
                     # Lets libjpeg decode at 1/2..1/8 scale: far less work for big frames.
-                    img.draft("L", target)
-                grey = img.convert("L")
-                if grey.size != target:
-                    grey = grey.resize(target, Image.Resampling.BILINEAR)
-                pixels = np.asarray(grey, dtype=np.float32)
+                    img.draft(self._mode, target)
+                frame = img.convert(self._mode)
+                if frame.size != target:
+                    frame = frame.resize(target, Image.Resampling.BILINEAR)
+                pixels = np.asarray(frame, dtype=np.float32)
             except (OSError, ValueError, SyntaxError) as exc:
                 return Rejected(REASON_UNDECODABLE, f"image data is broken: {str(exc)[:160]}")
-        return stream, pixels.reshape(1, self.height, self.width)
+        if self.channels == 1:
+            return stream, pixels.reshape(1, self.height, self.width)
+        return stream, np.ascontiguousarray(pixels.transpose(2, 0, 1))  # HWC -> CHW
 
     def _jpeg_budget(self, value: bytes) -> Rejected | None:
         """Scans and pixels from the JPEG's markers, before libjpeg decodes anything."""
