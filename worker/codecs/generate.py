@@ -25,16 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from statecast.contract.spec import ModelSpec
 from statecast.worker.codecs.base import (
-    REASON_EMPTY,
-    REASON_NOT_JSON,
-    REASON_SCHEMA,
     REASON_TOO_LARGE,
-    REASON_TS_OUT_OF_RANGE,
-    REASON_WRONG_TYPE,
     STREAM_OPTIONS,
     Array,
     Decoded,
@@ -44,9 +38,9 @@ from statecast.worker.codecs.base import (
     StepInputs,
     StepRunner,
     StreamIdentity,
-    in_int64,
     positive_int,
 )
+from statecast.worker.codecs.text_event import parse_text_event
 from statecast.worker.generation import decode, probabilities, rng_for, sample, seed_for
 
 DEFAULT_TOP_K = 5
@@ -104,39 +98,10 @@ class GenerateCodec:
     # -- decode: runs in a worker thread --------------------------------------------------
 
     def _parse(self, rec: RawRecord) -> Decoded | Rejected:
-        if not rec.value:
-            return Rejected(REASON_EMPTY, "record has no value")
-        if len(rec.value) > self.max_bytes:
-            return Rejected(REASON_TOO_LARGE, f"{len(rec.value)} bytes > limit {self.max_bytes}")
-        try:
-            event = orjson.loads(rec.value)
-        except orjson.JSONDecodeError as exc:
-            return Rejected(REASON_NOT_JSON, str(exc)[:200])
-        if not isinstance(event, dict):
-            return Rejected(REASON_SCHEMA, "event is not a JSON object")
-        stream, text, ts = event.get("stream"), event.get("text"), event.get("ts")
-        if self.identity.from_key:
-            stream = self.identity.from_record_key(rec.key)
-        elif not isinstance(stream, str) or not stream:
-            return Rejected(REASON_SCHEMA, "'stream' must be a non-empty string")
-        else:
-            stream = self.identity.resolve(rec.key, stream)
-        if isinstance(stream, Rejected):
-            return stream
-        if "text" not in event:
-            return Rejected(REASON_SCHEMA, "event has no 'text'")
-        if not isinstance(text, str):
-            return Rejected(REASON_WRONG_TYPE, f"'text' is {type(text).__name__}, not a string")
-        if not text:
-            return Rejected(REASON_EMPTY, "'text' is empty")
-        if ts is None:
-            ts_ms = rec.timestamp_ms
-        elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            return Rejected(REASON_WRONG_TYPE, "'ts' must be epoch milliseconds")
-        else:
-            ts_ms = int(ts)
-            if not in_int64(ts_ms):
-                return Rejected(REASON_TS_OUT_OF_RANGE, "'ts' is outside int64 milliseconds")
+        parsed = parse_text_event(rec, self.max_bytes, self.identity, blank_is_empty=False)
+        if isinstance(parsed, Rejected):
+            return parsed
+        stream, ts_ms, text = parsed
         # A character is at most 4 UTF-8 bytes: refuse on the cheap count first.
         if len(text) > self.max_text_bytes:
             return Rejected(

@@ -23,25 +23,19 @@ pinned by sha256) is the one the model was trained with. A whole poll's texts ar
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from tokenizers import Tokenizer
 
 from statecast.contract.spec import ModelSpec
 from statecast.worker.codecs.base import (
     REASON_EMPTY,
-    REASON_NOT_JSON,
-    REASON_SCHEMA,
     REASON_TOO_LARGE,
     REASON_TOO_MANY_TOKENS,
-    REASON_TS_OUT_OF_RANGE,
-    REASON_WRONG_TYPE,
     STREAM_OPTIONS,
     Array,
     Decoded,
@@ -49,9 +43,9 @@ from statecast.worker.codecs.base import (
     Rejected,
     StepInputs,
     StreamIdentity,
-    in_int64,
     positive_int,
 )
+from statecast.worker.codecs.text_event import parse_text_event
 
 MODES = ("message", "conversation")
 DEFAULT_MAX_TEXT_CHARS = 20_000
@@ -117,39 +111,10 @@ class TextCodec:
     # -- decode: runs in a worker thread --------------------------------------------------
 
     def _parse(self, rec: RawRecord) -> tuple[str, int, str] | Rejected:
-        if not rec.value:
-            return Rejected(REASON_EMPTY, "record has no value")
-        if len(rec.value) > self.max_bytes:
-            return Rejected(REASON_TOO_LARGE, f"{len(rec.value)} bytes > limit {self.max_bytes}")
-        try:
-            event = orjson.loads(rec.value)
-        except orjson.JSONDecodeError as exc:
-            return Rejected(REASON_NOT_JSON, str(exc)[:200])
-        if not isinstance(event, dict):
-            return Rejected(REASON_SCHEMA, "event is not a JSON object")
-        stream, text, ts = event.get("stream"), event.get("text"), event.get("ts")
-        if self.identity.from_key:
-            stream = self.identity.from_record_key(rec.key)
-        elif not isinstance(stream, str) or not stream:
-            return Rejected(REASON_SCHEMA, "'stream' must be a non-empty string")
-        else:
-            stream = self.identity.resolve(rec.key, stream)
-        if isinstance(stream, Rejected):
-            return stream
-        if "text" not in event:
-            return Rejected(REASON_SCHEMA, "event has no 'text'")
-        if not isinstance(text, str):
-            return Rejected(REASON_WRONG_TYPE, f"'text' is {type(text).__name__}, not a string")
-        if not text.strip():
-            return Rejected(REASON_EMPTY, "'text' is empty")
-        if ts is None:
-            ts_ms = rec.timestamp_ms
-        elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            return Rejected(REASON_WRONG_TYPE, "'ts' must be epoch milliseconds")
-        else:
-            ts_ms = int(ts)
-            if not in_int64(ts_ms):
-                return Rejected(REASON_TS_OUT_OF_RANGE, "'ts' is outside int64 milliseconds")
+        parsed = parse_text_event(rec, self.max_bytes, self.identity, blank_is_empty=True)
+        if isinstance(parsed, Rejected):
+            return parsed
+        stream, ts_ms, text = parsed
         # Raw length first (cheap), then the length the tokenizer will really see: NFKC
         # can expand one character to 18, so only the normalised count bounds the work.
         if len(text) > self.max_chars:
