@@ -13,9 +13,6 @@ import orjson
 import pytest
 from PIL import Image
 
-from statecast.contract.manifest import sha256_file
-from statecast.contract.paths import PACKAGE_ROOT
-from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.worker.codecs.base import (
     DEFAULT_MAX_STREAM_BYTES,
     INT64_MAX,
@@ -38,57 +35,21 @@ from statecast.worker.codecs.forecast import ForecastCodec
 from statecast.worker.codecs.frames import FrameCodec
 from statecast.worker.codecs.jpeg import jpeg_layout
 from statecast.worker.codecs.text import TextCodec, TextCodecError
+from tests.fixtures.codec_specs import ONNX_DIR, frame_spec, sensor_spec, sentiment_spec
 
 pytestmark = pytest.mark.unit
 
-FEATS = ("demand", "temperature", "workday")
-TOKENIZER = PACKAGE_ROOT / "models" / "tokenizer" / "sentiment_lstm.json"
-MODEL_DIR = PACKAGE_ROOT / "models" / "onnx"
-
 
 def forecast_codec(**options: str) -> ForecastCodec:
-    spec = ModelSpec(
-        name="sensor_lstm",
-        version="1",
-        kind="forecast",
-        inputs=(TensorSpec("x", "float32", (-1, 3)),),
-        outputs=(OutputSpec("demand_next", "GW"),),
-        states=(StateSpec("h", 1, 2),),
-        preprocess={"features": FEATS},
-    )
-    return ForecastCodec(spec, options, Path("."))
+    return ForecastCodec(sensor_spec(), options, Path("."))
 
 
 def text_codec(**options: str) -> TextCodec:
-    spec = ModelSpec(
-        name="sentiment_lstm",
-        version="test",
-        kind="sentiment",
-        inputs=(TensorSpec("x", "int64", (-1, -1)), TensorSpec("lengths", "int64", (-1,))),
-        outputs=(OutputSpec("positive", "probability"),),
-        states=(StateSpec("h", 1, 4), StateSpec("c", 1, 4)),
-        preprocess={
-            "tokenizer": "../tokenizer/sentiment_lstm.json",
-            "tokenizer_sha256": sha256_file(TOKENIZER),
-            "max_chunk_tokens": 128,
-            "max_text_chars": 20_000,
-            "pad_id": 0,
-        },
-    )
-    return TextCodec(spec, options, MODEL_DIR)
+    return TextCodec(sentiment_spec(128, 20_000), options, ONNX_DIR)
 
 
 def frame_codec(**options: str) -> FrameCodec:
-    spec = ModelSpec(
-        name="video_lstm",
-        version="test",
-        kind="video",
-        inputs=(TensorSpec("x", "float32", (-1, 1, 32, 32)),),
-        outputs=(OutputSpec("probs", "probability", ("a", "b")),),
-        states=(StateSpec("h", 1, 4),),
-        preprocess={"channels": 1, "height": 32, "width": 32},
-    )
-    return FrameCodec(spec, options, Path("."))
+    return FrameCodec(frame_spec(), options, Path("."))
 
 
 def rec(value: bytes | None, key: bytes | None = None, offset: int = 0) -> RawRecord:

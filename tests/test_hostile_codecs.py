@@ -17,64 +17,33 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from statecast.contract.manifest import sha256_file
-from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.worker.codecs.base import Codec, Decoded, RawRecord, Rejected
 from statecast.worker.codecs.forecast import ForecastCodec
 from statecast.worker.codecs.frames import FrameCodec
 from statecast.worker.codecs.generate import GenerateCodec
 from statecast.worker.codecs.text import TextCodec
+from tests.fixtures.codec_specs import (
+    ONNX_DIR,
+    SENSOR_FEATURES,
+    frame_spec,
+    sensor_spec,
+    sentiment_spec,
+)
 
 pytestmark = pytest.mark.unit
 
-FEATS = ("demand", "temperature", "workday")
-TOKENIZER = PACKAGE_ROOT / "models" / "tokenizer" / "sentiment_lstm.json"
-
 
 def _forecast(options: dict[str, str]) -> Codec:
-    spec = ModelSpec(
-        name="sensor_lstm",
-        version="1",
-        kind="forecast",
-        inputs=(TensorSpec("x", "float32", (-1, 3)),),
-        outputs=(OutputSpec("demand_next", "GW"),),
-        states=(StateSpec("h", 1, 2),),
-        preprocess={"features": FEATS},
-    )
-    return ForecastCodec(spec, options, Path("."))
+    return ForecastCodec(sensor_spec(), options, Path("."))
 
 
 def _text(options: dict[str, str]) -> Codec:
-    spec = ModelSpec(
-        name="sentiment_lstm",
-        version="test",
-        kind="sentiment",
-        inputs=(TensorSpec("x", "int64", (-1, -1)), TensorSpec("lengths", "int64", (-1,))),
-        outputs=(OutputSpec("positive", "probability"),),
-        states=(StateSpec("h", 1, 4), StateSpec("c", 1, 4)),
-        preprocess={
-            "tokenizer": "../tokenizer/sentiment_lstm.json",
-            "tokenizer_sha256": sha256_file(TOKENIZER),
-            "max_chunk_tokens": 16,
-            "max_text_chars": 2000,
-            "pad_id": 0,
-        },
-    )
-    return TextCodec(spec, options, PACKAGE_ROOT / "models" / "onnx")
+    return TextCodec(sentiment_spec(16, 2000), options, ONNX_DIR)
 
 
 def _frames(options: dict[str, str]) -> Codec:
-    spec = ModelSpec(
-        name="video_lstm",
-        version="test",
-        kind="video",
-        inputs=(TensorSpec("x", "float32", (-1, 1, 32, 32)),),
-        outputs=(OutputSpec("probs", "probability", ("a", "b")),),
-        states=(StateSpec("h", 1, 4),),
-        preprocess={"channels": 1, "height": 32, "width": 32},
-    )
-    return FrameCodec(spec, options, Path("."))
+    return FrameCodec(frame_spec(), options, Path("."))
 
 
 def _generate(options: dict[str, str]) -> Codec:
@@ -139,7 +108,7 @@ def json_events(draw: st.DrawFn) -> bytes:
             st.text(max_size=200) | st.just("\ufdfa" * 150) | json_values  # NFKC x18
         )
     if draw(st.booleans()):
-        keys = draw(st.lists(st.sampled_from([*FEATS, "extra"]), max_size=4, unique=True))
+        keys = draw(st.lists(st.sampled_from([*SENSOR_FEATURES, "extra"]), max_size=4, unique=True))
         event["values"] = {k: draw(hostile_numbers | json_values) for k in keys}
     try:
         return orjson.dumps(event)

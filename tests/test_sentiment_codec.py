@@ -9,13 +9,13 @@ import numpy as np
 import orjson
 import pytest
 
-from statecast.contract.manifest import sha256_file
 from statecast.contract.paths import PACKAGE_ROOT
-from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
+from statecast.contract.spec import ModelSpec
 from statecast.models.sentiment_data import TOKENIZER_PATH, load_tokenizer
 from statecast.worker.codecs import codec_for
 from statecast.worker.codecs.base import Decoded, RawRecord, Rejected
 from statecast.worker.codecs.text import TextCodec, TextCodecError
+from tests.fixtures.codec_specs import sentiment_spec
 
 pytestmark = pytest.mark.unit
 
@@ -23,21 +23,7 @@ MODEL_DIR = PACKAGE_ROOT / "models" / "onnx"
 
 
 def make_spec(max_chunk: int = 8, sha: str | None = None, max_chars: int = 2000) -> ModelSpec:
-    return ModelSpec(
-        name="sentiment_lstm",
-        version="test",
-        kind="sentiment",
-        inputs=(TensorSpec("x", "int64", (-1, -1)), TensorSpec("lengths", "int64", (-1,))),
-        outputs=(OutputSpec("positive", "probability"),),
-        states=(StateSpec("h", 1, 4), StateSpec("c", 1, 4)),
-        preprocess={
-            "tokenizer": "../tokenizer/sentiment_lstm.json",
-            "tokenizer_sha256": sha or sha256_file(TOKENIZER_PATH),
-            "max_chunk_tokens": max_chunk,
-            "max_text_chars": max_chars,
-            "pad_id": 0,
-        },
-    )
+    return sentiment_spec(max_chunk, max_chars, sha)
 
 
 def record(value: bytes | None, offset: int = 0, ts: int = 1_000) -> RawRecord:
