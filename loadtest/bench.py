@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class BenchSettings:
     rates: tuple[float, ...] = (5_000.0, 10_000.0, 20_000.0)
     pipeline: bool = True  # the worker's STATECAST_PIPELINE
     checkpoint_interval_ms: int = 0  # the worker's STATECAST_CHECKPOINT_INTERVAL_MS
+    synthetic: str | None = None  # "gan": sensor streams synthesised by gan_demand
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
@@ -255,13 +257,21 @@ async def _phases(
         "streams": settings.streams,
         "partitions": p,
         "workers": settings.workers,
+        "synthetic": settings.synthetic,
     }
 
     producer = make_producer(bootstrap)
     await producer.start()
     try:
         sends = SendLog()
-        gen = Generator(producer, [plan], GeneratorConfig(count=settings.events), sends)
+        make_generator: Callable[..., Generator] = Generator
+        if settings.synthetic is not None and settings.series != "sensor":
+            raise BenchError(f"--synthetic {settings.synthetic} synthesises sensor streams only")
+        if settings.synthetic == "gan":
+            from statecast.loadtest.synthetic import generator_factory
+
+            make_generator = generator_factory()
+        gen = make_generator(producer, [plan], GeneratorConfig(count=settings.events), sends)
         report = await gen.run()
         result["generator_eps"] = round(report.eps, 1)
         log.write(f"bench: generator wrote {report.events:,} events at {report.eps:,.0f}/s\n")

@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the worker's STATECAST_CHECKPOINT_INTERVAL_MS (default 0: every batch)",
     )
+    parser.add_argument(
+        "--synthetic",
+        choices=("gan",),
+        default=None,
+        help="gan: the sensor streams are synthesised by gan_demand (distinct days per "
+        "stream) instead of replayed from the real series",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--manifest", type=Path, default=None)
@@ -78,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         "skip_naive": args.skip_naive,
         "pin": not args.no_pin,
         "pipeline": not args.no_pipeline,
+        "synthetic": args.synthetic,
     }
     for name in (
         "events",

@@ -100,3 +100,31 @@ def test_tiny_bench_prints_one_json_object_with_the_keys(
     assert fixed["worker_p99_ms"] > 0
     assert fixed["core_use"]["workers"] > 0
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def test_bench_on_gan_synthesised_streams(
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--synthetic gan``: the backlog comes from the GAN synthesiser and the worker drains
+    all of it (the synthesiser's realism is tested in test_gan_synthetic)."""
+    kafka_port = kafka_bootstrap.rsplit(":", 1)[1]
+    redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    monkeypatch.setenv("STATECAST_STACK_DIR", str(tmp_path / "stack"))
+    monkeypatch.setenv("STATECAST_STACK_KAFKA_PORT", kafka_port)
+    monkeypatch.setenv("STATECAST_STACK_REDIS_PORT", redis_port)
+    args = ["bench", "--use-stack", "--no-pin", "--synthetic", "gan", "--skip-naive"]
+    args += ["--events", "2000", "--streams", "500", "--partitions", "2"]
+    args += ["--latency-seconds", "1", "--rates", "", "--workdir", str(tmp_path / "bench")]
+    code = main(args)
+    out = capsys.readouterr().out.strip()
+    assert code == 0
+    result = orjson.loads(out.splitlines()[-1])
+    assert result["synthetic"] == "gan"
+    assert result["events"] == 2000
+    assert result["generator_eps"] > 0
+    assert result["statecast_eps"] > 0
+    print(out)
