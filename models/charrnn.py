@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from statecast.models.sentiment import _LstmWithLengths, _to_onnx_gates
+from statecast.models.sentiment import onnx_lstm_step, register_onnx_lstm
 
 VOCAB = 256  # bytes
 CONTEXT = 4  # bytes of history carried for the n-gram lookups
@@ -121,15 +121,11 @@ class CharStep(nn.Module):
 
     def __init__(self, model: CharLSTM) -> None:
         super().__init__()
-        p = {k: v.detach() for k, v in model.lstm.named_parameters()}
         self.hidden = model.config.hidden
         self.embed = model.embed
         self.ngrams = model.ngrams
         self.head = model.head
-        self.register_buffer("w", _to_onnx_gates(p["weight_ih_l0"]).unsqueeze(0))
-        self.register_buffer("r", _to_onnx_gates(p["weight_hh_l0"]).unsqueeze(0))
-        bias = torch.cat([_to_onnx_gates(p["bias_ih_l0"]), _to_onnx_gates(p["bias_hh_l0"])])
-        self.register_buffer("b", bias.unsqueeze(0))
+        register_onnx_lstm(self, model.lstm)
 
     def forward(
         self,
@@ -144,13 +140,7 @@ class CharStep(nn.Module):
         ext = torch.cat([history, x], dim=1)  # [B, 4 + T]
         ngram = self.ngrams(ext)  # [B, T, D]
         inp = torch.cat([self.embed(x), ngram], dim=-1).transpose(0, 1)  # [T, B, E + D]
-        h_new, c_new = _LstmWithLengths.apply(  # type: ignore[no-untyped-call]
-            inp, self.w, self.r, self.b, lengths, h, c, self.hidden
-        )
-        # A zero-length row keeps its state (some runtimes zero Y_h for sequence_lens 0).
-        keep = (lengths > 0).view(1, -1, 1)
-        h_out = torch.where(keep, h_new, h)
-        c_out = torch.where(keep, c_new, c)
+        h_out, c_out = onnx_lstm_step(inp, self.w, self.r, self.b, lengths, h, c, self.hidden)
         # The last four bytes of each row: ext positions lengths .. lengths + 3 (a row of
         # length 0 gets its history back unchanged).
         idx = lengths.view(-1, 1) + torch.arange(CONTEXT).view(1, -1)

@@ -120,6 +120,37 @@ def _to_onnx_gates(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([i, o, f, g], dim=0)
 
 
+def register_onnx_lstm(module: nn.Module, lstm: nn.LSTM) -> None:
+    """Buffers ``w``, ``r``, ``b`` on ``module``: a one-layer ``lstm``'s weights in the ONNX
+    ``LSTM`` op's layout (gate order i, o, f, c; a leading direction axis), for
+    :func:`onnx_lstm_step`. Shared by every step model that serves an LSTM."""
+    p = {k: v.detach() for k, v in lstm.named_parameters()}
+    module.register_buffer("w", _to_onnx_gates(p["weight_ih_l0"]).unsqueeze(0))
+    module.register_buffer("r", _to_onnx_gates(p["weight_hh_l0"]).unsqueeze(0))
+    bias = torch.cat([_to_onnx_gates(p["bias_ih_l0"]), _to_onnx_gates(p["bias_hh_l0"])])
+    module.register_buffer("b", bias.unsqueeze(0))
+
+
+def onnx_lstm_step(
+    inp: torch.Tensor,
+    w: torch.Tensor,
+    r: torch.Tensor,
+    b: torch.Tensor,
+    lengths: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    hidden: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ONNX ``LSTM`` node over ``inp`` ``[T, B, I]``: the states ``(h', c')`` after each
+    row's ``lengths`` steps."""
+    h_new, c_new = _LstmWithLengths.apply(  # type: ignore[no-untyped-call]
+        inp, w, r, b, lengths, h, c, hidden
+    )
+    # A zero-length row keeps its state (some runtimes zero Y_h for sequence_lens 0).
+    keep = (lengths > 0).view(1, -1, 1)
+    return torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+
+
 class SentimentStep(nn.Module):
     """``(x [B,T] int64, lengths [B] int64, h, c) -> (positive [B,1], h', c')``."""
 
@@ -131,26 +162,16 @@ class SentimentStep(nn.Module):
 
     def __init__(self, model: SentimentLSTM) -> None:
         super().__init__()
-        p = {k: v.detach() for k, v in model.lstm.named_parameters()}
         self.hidden = model.config.hidden
         self.embed = model.embed
         self.head = model.head
-        self.register_buffer("w", _to_onnx_gates(p["weight_ih_l0"]).unsqueeze(0))
-        self.register_buffer("r", _to_onnx_gates(p["weight_hh_l0"]).unsqueeze(0))
-        bias = torch.cat([_to_onnx_gates(p["bias_ih_l0"]), _to_onnx_gates(p["bias_hh_l0"])])
-        self.register_buffer("b", bias.unsqueeze(0))
+        register_onnx_lstm(self, model.lstm)
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         emb = self.embed(x).transpose(0, 1)  # [T, B, E]: the ONNX LSTM's default layout
-        h_new, c_new = _LstmWithLengths.apply(  # type: ignore[no-untyped-call]
-            emb, self.w, self.r, self.b, lengths, h, c, self.hidden
-        )
-        # A zero-length row keeps its state (some runtimes zero Y_h for sequence_lens 0).
-        keep = (lengths > 0).view(1, -1, 1)
-        h_out = torch.where(keep, h_new, h)
-        c_out = torch.where(keep, c_new, c)
+        h_out, c_out = onnx_lstm_step(emb, self.w, self.r, self.b, lengths, h, c, self.hidden)
         positive = torch.sigmoid(self.head(h_out[-1]))
         return positive, h_out, c_out
 
