@@ -166,9 +166,22 @@ def export_video_caption() -> ManifestEntry:
         # The language is templated: there is no caption baseline, only chance per slot.
         "chance_slot_accuracy": {"garment": 0.1, "motion": 0.125, "camera": round(1 / 9, 4)},
         "test_clips": meta["test_clips"],
+        "split": (
+            "the 3,000 video_lstm test clips; context = video_lstm state h after each "
+            "clip's last frame; greedy decoding vs the clip's template caption"
+        ),
         "decode_ms_per_caption": decoding_cost(),
         "parity_max_abs_diff": parity,
     }
+    if "baseline" in meta:  # checkpoints from before the baseline was scored lack it
+        base = meta["baseline"]
+        metrics["baseline"] = (
+            "template from video_lstm's motion class + training-majority garment and camera"
+        )
+        metrics["baseline_bleu4"] = round(base["bleu4"], 4)
+        metrics["baseline_slot_accuracy"] = {
+            k: round(v, 4) for k, v in base["slot_accuracy"].items()
+        }
     # Manifest paths are relative to the folder above models/ (symlinks resolved).
     entry = manifest_entry(spec, ONNX_PATH, metrics, root=MODELS_DIR.resolve().parent)
     upsert_entry(entry)

@@ -146,6 +146,10 @@ def export_video_lstm() -> ManifestEntry:
             k: [round(a, 4) for a in v["test_accuracy_by_frames"]] for k, v in baselines.items()
         },
         "test_clips": meta["test_clips"],
+        "split": (
+            "build_scene_splits(seed=0)['test']: 3,000 clips from the Fashion-MNIST t10k "
+            "images over vtest.avi backgrounds; the prediction after each clip's last frame"
+        ),
         "parity_max_abs_diff": parity,
     }
     # Manifest paths are relative to the folder above models/ (symlinks resolved).

@@ -33,9 +33,9 @@ from statecast.models.caption import (
     caption_text,
     target_matrix,
 )
-from statecast.models.caption_train import corpus_bleu, greedy, trim
+from statecast.models.caption_train import corpus_bleu, greedy, score_captions, trim
 from statecast.models.video_data import MOTIONS
-from statecast.models.video_scenes import CAMERA_MOTIONS, GARMENTS
+from statecast.models.video_scenes import CAMERA_MOTIONS, GARMENTS, Scenes
 from statecast.worker.captions import Captioner
 
 pytestmark = pytest.mark.unit
@@ -71,6 +71,32 @@ def test_bleu4_is_one_for_exact_copies_and_drops_with_errors() -> None:
     assert corpus_bleu([[1, 2]], [[3, 4, 5, 6]]) == 0.0
 
 
+def test_caption_scoring_counts_each_slot_on_its_own() -> None:
+    # The template baseline and the decoder are scored by this one function.
+    labels, garments, cameras = np.array([0, 5, 6]), np.array([7, 1, 9]), np.array([0, 3, 8])
+    n = len(labels)
+    clips = Scenes(
+        frames=np.zeros((n, 1, 1, 1), np.uint8),
+        lengths=np.ones(n, np.int64),
+        labels=labels,
+        garments=garments,
+        cameras=cameras,
+        sources=np.arange(n),
+    )
+    right = score_captions(target_matrix(labels, garments, cameras), clips)
+    assert right["exact_match"] == 1.0
+    assert right["bleu4"] == pytest.approx(1.0)
+    assert right["slot_accuracy"] == {"garment": 1.0, "motion": 1.0, "camera": 1.0}
+    # Wrong garment on every clip, wrong camera on the first: motion stays right.
+    wrong = score_captions(target_matrix(labels, (garments + 1) % 10, [1, 3, 8]), clips)
+    assert wrong["exact_match"] == 0.0
+    assert wrong["slot_accuracy"] == {
+        "garment": 0.0,
+        "motion": 1.0,
+        "camera": pytest.approx(2 / 3),
+    }
+
+
 def test_shipped_decoder_carries_the_contract_and_its_manifest_figures() -> None:
     spec = read_spec(ONNX_PATH)
     assert (spec.name, spec.kind) == (NAME, "decoder")
@@ -82,6 +108,8 @@ def test_shipped_decoder_carries_the_contract_and_its_manifest_figures() -> None
     assert check_digest(entry) == ONNX_PATH
     assert entry.metrics["parity_max_abs_diff"] <= PARITY_TOLERANCE
     assert 0.0 <= entry.metrics["test_exact_match"] <= 1.0
+    # The decoder must beat the template filled from the video model's class alone.
+    assert entry.metrics["test_bleu4"] > entry.metrics["baseline_bleu4"]
     _, meta = load_model()
     assert meta["test"]["exact_match"] == pytest.approx(entry.metrics["test_exact_match"], abs=1e-4)
 
