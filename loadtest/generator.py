@@ -150,8 +150,15 @@ class Generator:
         config: GeneratorConfig,
         sends: SendLog | None = None,
     ) -> None:
-        self._producer = producer
+        self._start(producer, config, sends)
         self._streams = _Streams(plans)
+
+    def _start(
+        self, producer: AIOKafkaProducer, config: GeneratorConfig, sends: SendLog | None
+    ) -> None:
+        """The cursor and ack bookkeeping, apart from the streams (a subclass that renders
+        its events otherwise calls only this)."""
+        self._producer = producer
         self._config = config
         self._ts_now = config.ts_now
         self.sends = sends

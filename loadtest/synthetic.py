@@ -23,7 +23,6 @@ second the synthesis and formatting alone sustain (no broker).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -257,16 +256,7 @@ class SyntheticGenerator(Generator):
     ) -> None:
         # Generator's own __init__ would pre-render every stream's real series; only its
         # cursor and ack bookkeeping are needed here.
-        self._producer = producer
-        self._config = config
-        self._ts_now = config.ts_now
-        self.sends = sends
-        self._step = 0
-        self._next = 0
-        self._pending: set[asyncio.Future[Any]] = set()
-        self.events = 0
-        self.batches = 0
-        self._error: BaseException | None = None
+        self._start(producer, config, sends)
         self.synthetic = SyntheticStreams([StreamSet.of(p) for p in plans], seed, onnx_path)
 
     @property
