@@ -36,7 +36,7 @@ from statecast.models.caption import (
     CaptionDecoder,
     CaptionStep,
 )
-from statecast.models.trainer import load_checkpoint
+from statecast.models.trainer import load_checkpoint_as
 from statecast.worker.captions import Captioner
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ I64 = npt.NDArray[np.int64]
 
 
 def load_model(path: Path = CHECKPOINT_PATH) -> tuple[CaptionDecoder, dict[str, Any]]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, CaptionDecoder):
-        raise TypeError(f"{path} does not hold a CaptionDecoder")
+    model, ckpt = load_checkpoint_as(path, CaptionDecoder)
     return model, ckpt.meta
 
 

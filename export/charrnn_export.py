@@ -28,7 +28,7 @@ from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import check_parity, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.charrnn import CONTEXT, VOCAB, CharLSTM, CharStep, zero_state
-from statecast.models.trainer import load_checkpoint
+from statecast.models.trainer import load_checkpoint_as
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ PARITY_MAX_BYTES = 600
 
 
 def load_model(path: Path = CHECKPOINT_PATH) -> tuple[CharLSTM, dict[str, Any]]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, CharLSTM):
-        raise TypeError(f"{path} does not hold a CharLSTM")
+    model, ckpt = load_checkpoint_as(path, CharLSTM)
     return model, ckpt.meta
 
 

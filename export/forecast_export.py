@@ -32,7 +32,7 @@ from statecast.export.parity import (
 )
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.forecast_vol import VolatilityForecaster, VolatilityStep
-from statecast.models.trainer import Checkpoint, load_checkpoint
+from statecast.models.trainer import Checkpoint, load_checkpoint_as
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ PRICE_OUTPUT = OutputSpec(
 
 
 def load_vol_forecaster(path: Path) -> tuple[VolatilityForecaster, Checkpoint]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, VolatilityForecaster):
-        raise TypeError(f"{path} holds a {type(model).__name__}, not a VolatilityForecaster")
-    return model, ckpt
+    return load_checkpoint_as(path, VolatilityForecaster)
 
 
 def price_spec(model: VolatilityForecaster, ckpt: Checkpoint) -> ModelSpec:

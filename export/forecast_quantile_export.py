@@ -30,7 +30,7 @@ from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import PARITY_BATCHES, PARITY_STEPS, check_parity, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.forecast_quantile import WINDOW_STATE, QuantileForecaster, QuantileStep
-from statecast.models.trainer import Checkpoint, load_checkpoint
+from statecast.models.trainer import Checkpoint, load_checkpoint_as
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ def quantile_field(q: float) -> str:
 
 
 def load_quantile_forecaster(path: Path) -> tuple[QuantileForecaster, Checkpoint]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, QuantileForecaster):
-        raise TypeError(f"{path} holds a {type(model).__name__}, not a QuantileForecaster")
-    return model, ckpt
+    return load_checkpoint_as(path, QuantileForecaster)
 
 
 def quantile_spec(name: str, model: QuantileForecaster, ckpt: Checkpoint) -> ModelSpec:

@@ -26,7 +26,7 @@ from statecast.contract.spec import ModelSpec, OutputSpec, TensorSpec
 from statecast.export.parity import check_parity, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.gan import COND, DAY, DemandGan, GeneratorExport
-from statecast.models.trainer import load_checkpoint
+from statecast.models.trainer import load_checkpoint_as
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ PARITY_SEED = 99
 
 
 def load_gan(path: Path = CHECKPOINT_PATH) -> tuple[DemandGan, dict[str, Any]]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, DemandGan):
-        raise TypeError(f"{path} does not hold a DemandGan")
+    model, ckpt = load_checkpoint_as(path, DemandGan)
     return model, ckpt.meta
 
 

@@ -30,7 +30,7 @@ from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import check_parity, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.sentiment import NGRAM_STATE, HybridStep, SentimentHybrid
-from statecast.models.trainer import load_checkpoint
+from statecast.models.trainer import load_checkpoint_as
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ PARITY_BATCHES = (1, 64)
 
 
 def load_model(path: Path = CHECKPOINT_PATH) -> tuple[SentimentHybrid, dict[str, Any]]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, SentimentHybrid):
-        raise TypeError(f"{path} does not hold a SentimentHybrid")
+    model, ckpt = load_checkpoint_as(path, SentimentHybrid)
     return model, ckpt.meta
 
 

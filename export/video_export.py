@@ -34,7 +34,7 @@ from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import check_parity, sequence_steps, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
-from statecast.models.trainer import load_checkpoint
+from statecast.models.trainer import load_checkpoint_as
 from statecast.models.video import PIXEL_MEAN, PIXEL_STD, VideoLSTM, VideoStep
 from statecast.models.video_data import ClipConfig, make_clips, synthetic_images
 
@@ -52,9 +52,7 @@ F32 = npt.NDArray[np.float32]
 
 
 def load_model(path: Path = CHECKPOINT_PATH) -> tuple[VideoLSTM, dict[str, Any]]:
-    model, ckpt = load_checkpoint(path)
-    if not isinstance(model, VideoLSTM):
-        raise TypeError(f"{path} does not hold a VideoLSTM")
+    model, ckpt = load_checkpoint_as(path, VideoLSTM)
     return model, ckpt.meta
 
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+M = TypeVar("M", bound=nn.Module)
 Batch = Any  # whatever the default collate makes of one Dataset item (tensors, tuples)
 LossFn = Callable[[nn.Module, Batch], Tensor]
 
@@ -258,6 +259,15 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Checkpoint]:
         raise ValueError(f"{ckpt.model_class} did not build an nn.Module")
     model.load_state_dict(ckpt.state_dict)
     model.eval()
+    return model, ckpt
+
+
+def load_checkpoint_as(path: Path, cls: type[M]) -> tuple[M, Checkpoint]:
+    """:func:`load_checkpoint` for a caller that needs one model class: a checkpoint of any
+    other class is a ``TypeError`` (an exporter handed the wrong file must not export it)."""
+    model, ckpt = load_checkpoint(path)
+    if not isinstance(model, cls):
+        raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
     return model, ckpt
 
 
