@@ -23,13 +23,7 @@ import torch
 from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestEntry, load_manifest, upsert_entry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.export.parity import (
-    PARITY_BATCHES,
-    PARITY_STEPS,
-    check_parity,
-    sequence_steps,
-    step_parity,
-)
+from statecast.export.parity import PARITY_STEPS, check_parity, window_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.forecast_vol import VolatilityForecaster, VolatilityStep
 from statecast.models.trainer import Checkpoint, load_checkpoint_as
@@ -99,17 +93,13 @@ def parity_windows(batch: int, steps: int = PARITY_STEPS) -> Array:
 
 
 def price_parity(model: VolatilityForecaster, onnx_path: Path) -> float:
-    worst = 0.0
-    for batch in PARITY_BATCHES:
-        x = parity_windows(batch)
+    def reference(x: Array) -> Array:
         with torch.no_grad():
             y, _ = model(torch.from_numpy(x))
-        ref = y.numpy()
-        expected = [{PRICE_OUTPUT.name: ref[:, t]} for t in range(x.shape[1])]
-        diff = step_parity(onnx_path, sequence_steps("x", x), expected)
-        log.info("%s parity at batch %d, T=%d: %.3g", PRICE_NAME, batch, x.shape[1], diff)
-        worst = max(worst, diff)
-    return worst
+        ref: Array = y.numpy()
+        return ref
+
+    return window_parity(onnx_path, parity_windows, reference, PRICE_OUTPUT.name, PRICE_NAME)
 
 
 def export_price_gru(

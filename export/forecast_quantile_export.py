@@ -27,7 +27,7 @@ from statecast.contract.calendar import MS_PER_HALF_HOUR
 from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestEntry, load_manifest, upsert_entry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.export.parity import PARITY_BATCHES, PARITY_STEPS, check_parity, step_parity
+from statecast.export.parity import PARITY_STEPS, check_parity, window_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.forecast_quantile import WINDOW_STATE, QuantileForecaster, QuantileStep
 from statecast.models.trainer import Checkpoint, load_checkpoint_as
@@ -105,18 +105,13 @@ def parity_windows(batch: int, steps: int = PARITY_STEPS) -> Array:
 
 
 def quantile_parity(model: QuantileForecaster, onnx_path: Path) -> float:
-    worst = 0.0
-    for batch in PARITY_BATCHES:
-        x = parity_windows(batch)
+    def reference(x: Array) -> Array:
         with torch.no_grad():
             y, _ = model(torch.from_numpy(x))
-        ref = y.numpy()
-        steps = [{"x": np.ascontiguousarray(x[:, t])} for t in range(x.shape[1])]
-        expected = [{OUTPUT_NAME: ref[:, t]} for t in range(x.shape[1])]
-        diff = step_parity(onnx_path, steps, expected)
-        log.info("%s parity at batch %d, T=%d: %.3g", onnx_path.name, batch, x.shape[1], diff)
-        worst = max(worst, diff)
-    return worst
+        ref: Array = y.numpy()
+        return ref
+
+    return window_parity(onnx_path, parity_windows, reference, OUTPUT_NAME, onnx_path.name)
 
 
 def export_quantile_forecaster(

@@ -11,7 +11,8 @@ starts from zero states, feeds each step's ``state_out.*`` back as the next
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from statecast.contract.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
 PARITY_STEPS = 200
@@ -81,6 +84,30 @@ def step_parity(
 def sequence_steps(name: str, x: Array) -> list[dict[str, Array]]:
     """Split ``x`` ``[B, T, ...]`` into T step inputs ``{name: x[:, t]}``."""
     return [{name: np.ascontiguousarray(x[:, t])} for t in range(x.shape[1])]
+
+
+def window_parity(
+    onnx_path: Path,
+    windows: Callable[[int], Array],
+    reference: Callable[[Array], Array],
+    output: str,
+    label: str,
+    batches: Sequence[int] = PARITY_BATCHES,
+) -> float:
+    """Worst abs diff, over ``batches``, of a model whose only non-state input is ``x``:
+    the ONNX step run over each window ``windows(batch)`` ``[B, T, F]`` one row at a time
+    against ``reference(window)`` ``[B, T, ...]`` (the model over the whole window), on
+    the prediction ``output``. Takes a callable, not a module, so this file needs no torch
+    (``statecast models`` verifies without the train extra)."""
+    worst = 0.0
+    for batch in batches:
+        x = windows(batch)
+        ref = reference(x)
+        expected = [{output: ref[:, t]} for t in range(x.shape[1])]
+        diff = step_parity(onnx_path, sequence_steps("x", x), expected)
+        log.info("%s parity at batch %d, T=%d: %.3g", label, batch, x.shape[1], diff)
+        worst = max(worst, diff)
+    return worst
 
 
 def check_parity(diff: float, what: str, tolerance: float = PARITY_TOLERANCE) -> float:
