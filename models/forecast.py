@@ -137,16 +137,19 @@ class RecurrentForecaster(nn.Module):
 class ForecastStep(nn.Module):
     """One step of a forecaster, the shape the worker serves.
 
-    ``forward(x [B,F], *state_in) -> (y [B,O], *state_out)``, states ``[layers, B, hidden]``.
+    ``forward(x [B,F], *state_in) -> (y [B,...], *state_out)``, states ``[layers, B, hidden]``.
+    ``model`` is any sequence forecaster ``(x [B,T,F], state) -> (y [B,T,...], state')``
+    (this one, the quantile and the volatility forecasters): the step is that model over a
+    sequence of one row, so step and whole-sequence runs share every weight and op.
     """
 
-    def __init__(self, model: RecurrentForecaster) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         y, new_state = self.model(x.unsqueeze(1), tuple(state))
-        return (y[:, 0, :], *new_state)
+        return (y[:, 0], *new_state)
 
 
 def gaussian_nll(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:

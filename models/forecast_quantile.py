@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from statecast.models.forecast import CellType
+from statecast.models.forecast import CellType, ForecastStep
 
 State = tuple[Tensor, ...]
 _CELLS: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -204,16 +204,11 @@ class QuantileForecaster(nn.Module):
         return torch.stack([*below, median, *above], dim=-1)
 
 
-class QuantileStep(nn.Module):
+class QuantileStep(ForecastStep):
     """One served step: ``forward(x [B,F], *state) -> (y [B,H,Q], *state_out)``."""
 
     def __init__(self, model: QuantileForecaster) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, new_state = self.model(x.unsqueeze(1), tuple(state))
-        return (y[:, 0], *new_state)
+        super().__init__(model)
 
 
 def pinball_loss(

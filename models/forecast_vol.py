@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from statecast.models.forecast import ForecastStep
+
 State = tuple[Tensor, ...]
 _EPS = 1e-12
 
@@ -121,13 +123,8 @@ class VolatilityForecaster(nn.Module):
         return torch.cat([mean, log_var], dim=-1), (h, d.unsqueeze(0))
 
 
-class VolatilityStep(nn.Module):
+class VolatilityStep(ForecastStep):
     """``forward(x [B,1], h, var) -> (y [B,2], h', var')``."""
 
     def __init__(self, model: VolatilityForecaster) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, new_state = self.model(x.unsqueeze(1), tuple(state))
-        return (y[:, 0], *new_state)
+        super().__init__(model)
