@@ -140,7 +140,7 @@ class CharStep(nn.Module):
         ext = torch.cat([history, x], dim=1)  # [B, 4 + T]
         ngram = self.ngrams(ext)  # [B, T, D]
         inp = torch.cat([self.embed(x), ngram], dim=-1).transpose(0, 1)  # [T, B, E + D]
-        h_out, c_out = onnx_lstm_step(inp, self.w, self.r, self.b, lengths, h, c, self.hidden)
+        h_out, c_out = onnx_lstm_step(self, inp, lengths, h, c)
         # The last four bytes of each row: ext positions lengths .. lengths + 3 (a row of
         # length 0 gets its history back unchanged).
         idx = lengths.view(-1, 1) + torch.arange(CONTEXT).view(1, -1)

@@ -132,19 +132,16 @@ def register_onnx_lstm(module: nn.Module, lstm: nn.LSTM) -> None:
 
 
 def onnx_lstm_step(
-    inp: torch.Tensor,
-    w: torch.Tensor,
-    r: torch.Tensor,
-    b: torch.Tensor,
-    lengths: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    hidden: int,
+    step: nn.Module, inp: torch.Tensor, lengths: torch.Tensor, h: torch.Tensor, c: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ONNX ``LSTM`` node over ``inp`` ``[T, B, I]``: the states ``(h', c')`` after each
-    row's ``lengths`` steps."""
+    """One ONNX ``LSTM`` node over ``inp`` ``[T, B, I]`` with the buffers
+    :func:`register_onnx_lstm` put on ``step`` (and its ``hidden`` size): the states
+    ``(h', c')`` after each row's ``lengths`` steps."""
+    # The weights are read off ``step`` in the call, never bound to local names: the tracer
+    # names a graph value after the local holding it, and a local ``w`` would rename the
+    # initializer ``w`` to ``w.1`` in an exported file.
     h_new, c_new = _LstmWithLengths.apply(  # type: ignore[no-untyped-call]
-        inp, w, r, b, lengths, h, c, hidden
+        inp, step.w, step.r, step.b, lengths, h, c, step.hidden
     )
     # A zero-length row keeps its state (some runtimes zero Y_h for sequence_lens 0).
     keep = (lengths > 0).view(1, -1, 1)
@@ -171,7 +168,7 @@ class SentimentStep(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         emb = self.embed(x).transpose(0, 1)  # [T, B, E]: the ONNX LSTM's default layout
-        h_out, c_out = onnx_lstm_step(emb, self.w, self.r, self.b, lengths, h, c, self.hidden)
+        h_out, c_out = onnx_lstm_step(self, emb, lengths, h, c)
         positive = torch.sigmoid(self.head(h_out[-1]))
         return positive, h_out, c_out
 
