@@ -236,7 +236,9 @@ class Conv(Block):
         return self.fn(channels_last(h)), None
 
 
-class MaxPool(Block):
+class _Pool(Block):
+    """A Keras pooling layer's window, strides and padding ('valid' or 'same')."""
+
     time_local = False
 
     def __init__(self, pool: Sequence[int], strides: Sequence[int], padding: str) -> None:
@@ -245,6 +247,8 @@ class MaxPool(Block):
         self.strides = tuple(int(s) for s in strides)
         self.padding = padding
 
+
+class MaxPool(_Pool):
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         nd = len(self.pool)
         h = channels_first(x)
@@ -260,18 +264,10 @@ class MaxPool(Block):
         return channels_last(pool(h, self.pool, self.strides)), None
 
 
-class AvgPool(Block):
+class AvgPool(_Pool):
     """AveragePooling1D/2D as Keras 3 computes it on the torch backend (what
     ``model.predict`` gives): 'same' padding split evenly is left out of each average (as in
     TensorFlow), but an uneven split pads by repeating the edge and averages the copies."""
-
-    time_local = False
-
-    def __init__(self, pool: Sequence[int], strides: Sequence[int], padding: str) -> None:
-        super().__init__()
-        self.pool = tuple(int(p) for p in pool)
-        self.strides = tuple(int(s) for s in strides)
-        self.padding = padding
 
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         nd = len(self.pool)
