@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,15 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
-from prometheus_client import CollectorRegistry
 
 from statecast.contract.manifest import load_manifest
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.export import models_cli
 from statecast.export.keras.importer import ImportOptions, ImportResult, import_keras
-from statecast.worker.loop import Worker
-from statecast.worker.routing import Route
-from tests.fixtures.kafka import consume_all, create_topic, produce
-from tests.fixtures.tiny_models import TinyModel, worker_settings
+from tests.fixtures.keras_support import (
+    one_torch_thread,  # noqa: F401  (an autouse fixture: imported, it runs for this module)
+    serve_imported,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,17 +43,6 @@ pytestmark = [
 ]
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Keras's reference runs on torch: one thread, as on a loaded machine two cost ~20x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 EXAMPLES_DIR = PACKAGE_ROOT.parent / "examples"
@@ -201,33 +189,22 @@ async def test_example_imports_verifies_and_serves_equal_to_keras_predict(
         records, expected = _text_case(name)
     else:
         records, expected = _frames_case(name)
-    topic, preds, dlq = unique(name), unique("predictions"), unique("dlq")
-    for t in (topic, preds, dlq):
-        await create_topic(kafka_bootstrap, t, partitions=2)
-    await produce(kafka_bootstrap, topic, records)
     options = {"mode": "conversation"} if spec.kind == "sentiment" else {}
-    settings = worker_settings(
-        bootstrap=kafka_bootstrap,
+    by_stream = await serve_imported(
+        result,
+        manifest,
+        tmp_path,
+        records,
+        kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
-        model=TinyModel(spec, manifest, tmp_path, result.onnx_path),
-        routes=[Route(topic, name, options)],
-        predictions=preds,
-        dlq=dlq,
-        group=unique("group"),
-        prefix=unique("state"),
+        unique=unique,
+        label=name,
+        partitions=2,
+        options=options,
     )
-    stats = await Worker(settings, CollectorRegistry()).run(
-        max_records=len(records), idle_timeout_s=20
-    )
-    assert stats.dead_letters == 0
-    got = await consume_all(kafka_bootstrap, preds, expected=len(records))
-    by_stream: dict[str, list[dict[str, Any]]] = {}
-    for rec in got:
-        p = orjson.loads(rec.value)
-        by_stream.setdefault(p["stream"], []).append(p)
     assert set(by_stream) == set(expected)
     for stream, want in expected.items():
-        rows = sorted(by_stream[stream], key=lambda p: int(p["id"].rsplit("/", 1)[1]))
+        rows = by_stream[stream]
         assert len(rows) == len(want), stream
         for p, w in zip(rows, want, strict=True):
             assert p["model"] == f"{name}@1"

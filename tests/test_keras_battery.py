@@ -14,7 +14,7 @@ nothing written.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,10 @@ import onnxruntime as ort
 import pytest
 
 from statecast import cli
+from tests.fixtures.keras_support import (
+    one_torch_thread,  # noqa: F401  (an autouse fixture: imported, it runs for this module)
+    randomise_batchnorm,
+)
 
 pytestmark = [
     pytest.mark.unit,
@@ -35,16 +39,6 @@ keras = pytest.importorskip("keras")
 L = keras.layers
 TOL = 1e-4
 Array = np.ndarray[Any, Any]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -647,14 +641,7 @@ SEQ_MODES = ("window", "stateful")
 
 def _randomise(model: Any, seed: int) -> None:
     """Non-trivial moving statistics: fresh BatchNormalization layers are the identity."""
-    rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=n))
-            layer.gamma.assign(rng.normal(size=n))
-            layer.beta.assign(rng.normal(size=n))
+    randomise_batchnorm(_all_layers(model), seed)
 
 
 def _all_layers(model: Any) -> list[Any]:

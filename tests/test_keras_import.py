@@ -11,7 +11,6 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,10 @@ from statecast.contract.spec import ModelSpec, OutputSpec, TensorSpec
 from statecast.export.keras.importer import ImportError_, ImportOptions, import_keras
 from statecast.export.keras.layers import ACTIVATIONS
 from statecast.export.step_export import read_spec
+from tests.fixtures.keras_support import (
+    one_torch_thread,  # noqa: F401  (an autouse fixture: imported, it runs for this module)
+    randomise_batchnorm,
+)
 
 pytestmark = [
     pytest.mark.unit,
@@ -34,17 +37,6 @@ pytestmark = [
 ]
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Keras's reference runs on torch: one thread, as on a loaded machine two cost ~20x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 L = keras.layers
@@ -70,14 +62,7 @@ def _bn() -> Any:
 
 def _randomise_batchnorm(model: Any) -> Any:
     """Non-trivial moving statistics: fresh BatchNormalization layers are the identity."""
-    rng = np.random.default_rng(3)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=n))
-            layer.gamma.assign(rng.normal(size=n))
-            layer.beta.assign(rng.normal(size=n))
+    randomise_batchnorm(model.layers, 3)
     return model
 
 

@@ -9,20 +9,19 @@ target) run through the real broker and Redis; every published prediction must e
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from statecast.export.keras.importer import ImportOptions, import_keras
-from statecast.worker.loop import Worker
-from statecast.worker.routing import Route
-from tests.fixtures.kafka import consume_all, create_topic, produce
-from tests.fixtures.tiny_models import TinyModel, worker_settings
+from tests.fixtures.keras_support import (
+    one_torch_thread,  # noqa: F401  (an autouse fixture: imported, it runs for this module)
+    serve_imported,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -34,16 +33,6 @@ keras = pytest.importorskip("keras")
 L = keras.layers
 W, H, EVENTS = 4, 3, 6
 FEATURES = ("a", "b")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(name: str) -> Any:
@@ -95,28 +84,18 @@ async def test_imported_forecaster_serves_model_predict(
         )
         for t, r in enumerate(rows)
     ]
-    topic, preds, dlq = unique(name), unique("predictions"), unique("dlq")
-    for t in (topic, preds, dlq):
-        await create_topic(kafka_bootstrap, t, partitions=1)
-    await produce(kafka_bootstrap, topic, records)
-    settings = worker_settings(
-        bootstrap=kafka_bootstrap,
+    by_stream = await serve_imported(
+        result,
+        manifest,
+        tmp_path,
+        records,
+        kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
-        model=TinyModel(result.spec, manifest, tmp_path, result.onnx_path),
-        routes=[Route(topic, "m", {})],
-        predictions=preds,
-        dlq=dlq,
-        group=unique("group"),
-        prefix=unique("state"),
+        unique=unique,
+        label=name,
+        partitions=1,
     )
-    stats = await Worker(settings, CollectorRegistry()).run(
-        max_records=len(records), idle_timeout_s=20
-    )
-    assert stats.dead_letters == 0
-    got = await consume_all(kafka_bootstrap, preds, expected=len(records))
-    served = sorted(
-        (orjson.loads(r.value) for r in got), key=lambda p: int(p["id"].rsplit("/", 1)[1])
-    )
+    served = [p for rows in by_stream.values() for p in rows]
     want = _expected(name, model, rows)
     assert len(served) == len(want)
     for p, w in zip(served, want, strict=True):
