@@ -25,7 +25,7 @@ import torch
 from statecast.contract.manifest import ManifestEntry, upsert_entry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.export.parity import check_parity, step_parity
+from statecast.export.parity import check_parity, chunk_steps, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.charrnn import CONTEXT, VOCAB, CharLSTM, CharStep, zero_state
 from statecast.models.trainer import load_checkpoint_as
@@ -80,19 +80,6 @@ def build_spec(model: CharLSTM) -> ModelSpec:
     )
 
 
-def _chunk_steps(texts: list[npt.NDArray[np.int64]], chunk: int) -> list[dict[str, Any]]:
-    n_steps = max(-(-len(t) // chunk) for t in texts)
-    steps = []
-    for k in range(n_steps):
-        parts = [t[k * chunk : (k + 1) * chunk] for t in texts]
-        lengths = np.array([len(p) for p in parts], dtype=np.int64)
-        x = np.zeros((len(texts), max(1, int(lengths.max()))), dtype=np.int64)
-        for i, p in enumerate(parts):
-            x[i, : len(p)] = p
-        steps.append({"x": x, "lengths": lengths})
-    return steps
-
-
 def reference_outputs(
     model: CharLSTM, texts: list[npt.NDArray[np.int64]], chunk: int
 ) -> list[dict[str, npt.NDArray[np.float32]]]:
@@ -126,7 +113,7 @@ def parity_char_lstm(onnx_path: Path = ONNX_PATH, checkpoint: Path = CHECKPOINT_
         for chunk in PARITY_CHUNKS:
             if chunk == 1:
                 texts = [t[:120] for t in texts]  # one step per byte: keep it short
-            steps = _chunk_steps(texts, chunk)
+            steps = chunk_steps(texts, chunk)
             expected = reference_outputs(model, texts, chunk)
             diff = step_parity(onnx_path, cast(Any, steps), cast(Any, expected))
             log.info("parity batch %d chunk %d: %d steps, %.3g", batch, chunk, len(steps), diff)

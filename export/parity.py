@@ -86,6 +86,23 @@ def sequence_steps(name: str, x: Array) -> list[dict[str, Array]]:
     return [{name: np.ascontiguousarray(x[:, t])} for t in range(x.shape[1])]
 
 
+def chunk_steps(
+    texts: Sequence[npt.NDArray[np.int64]], chunk: int, pad_id: int = 0
+) -> list[dict[str, Array]]:
+    """Steps ``{x, lengths}`` feeding each text ``chunk`` tokens at a time, batched: ``x``
+    padded with ``pad_id``; a text that has ended gets length 0 (its state must not move)."""
+    n_steps = max(-(-len(t) // chunk) for t in texts)
+    steps = []
+    for k in range(n_steps):
+        parts = [t[k * chunk : (k + 1) * chunk] for t in texts]
+        lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        x = np.full((len(texts), max(1, int(lengths.max()))), pad_id, dtype=np.int64)
+        for i, p in enumerate(parts):
+            x[i, : len(p)] = p
+        steps.append({"x": x, "lengths": lengths})
+    return steps
+
+
 def window_parity(
     onnx_path: Path,
     windows: Callable[[int], Array],

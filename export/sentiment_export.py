@@ -27,7 +27,7 @@ import torch
 from statecast.contract.manifest import Artefact, ManifestEntry, sha256_file, upsert_entry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
-from statecast.export.parity import check_parity, step_parity
+from statecast.export.parity import check_parity, chunk_steps, step_parity
 from statecast.export.step_export import export_step_model, manifest_entry
 from statecast.models.sentiment import NGRAM_STATE, HybridStep, SentimentHybrid
 from statecast.models.trainer import load_checkpoint_as
@@ -92,22 +92,6 @@ def build_spec(model: SentimentHybrid, tokenizer: Path = TOKENIZER_PATH) -> Mode
     )
 
 
-def _chunk_steps(
-    texts: list[npt.NDArray[np.int64]], chunk: int, pad_id: int
-) -> list[dict[str, npt.NDArray[np.int64]]]:
-    """Steps ``{x, lengths}`` feeding each text ``chunk`` tokens at a time, batched."""
-    n_steps = max(-(-len(t) // chunk) for t in texts)
-    steps = []
-    for k in range(n_steps):
-        parts = [t[k * chunk : (k + 1) * chunk] for t in texts]
-        lengths = np.array([len(p) for p in parts], dtype=np.int64)
-        x = np.full((len(texts), max(1, int(lengths.max()))), pad_id, dtype=np.int64)
-        for i, p in enumerate(parts):
-            x[i, : len(p)] = p
-        steps.append({"x": x, "lengths": lengths})
-    return steps
-
-
 def reference_outputs(
     model: SentimentHybrid, texts: list[npt.NDArray[np.int64]], chunk: int
 ) -> list[dict[str, npt.NDArray[np.float32]]]:
@@ -150,7 +134,7 @@ def parity_sentiment_lstm(
     for batch in batches:
         texts = parity_texts(model.config.lstm.vocab_size, batch, seed=PARITY_SEED + batch)
         for chunk in PARITY_CHUNKS:
-            steps = _chunk_steps(texts, chunk, model.config.lstm.pad_id)
+            steps = chunk_steps(texts, chunk, model.config.lstm.pad_id)
             expected = reference_outputs(model, texts, chunk)
             diff = step_parity(onnx_path, cast(Any, steps), cast(Any, expected))
             log.info(

@@ -11,7 +11,7 @@ import torch
 from statecast.contract.manifest import check_digest, load_manifest
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.export import charrnn_export as ce
-from statecast.export.parity import PARITY_TOLERANCE, step_parity
+from statecast.export.parity import PARITY_TOLERANCE, chunk_steps, step_parity
 from statecast.export.step_export import read_spec
 
 
@@ -23,7 +23,7 @@ def test_shipped_char_lstm_parity() -> None:
     texts = [rng.integers(0, 256, size=n).astype(np.int64) for n in (150, 1, 73, 20)]
     for chunk, cut in ((37, 150), (1, 24)):
         rows = [t[:cut] for t in texts]
-        steps = ce._chunk_steps(rows, chunk)
+        steps = chunk_steps(rows, chunk)
         expected = ce.reference_outputs(model, rows, chunk)
         diff = step_parity(path, cast(Any, steps), cast(Any, expected))
         assert diff <= PARITY_TOLERANCE

@@ -17,7 +17,7 @@ import torch
 from statecast.contract.manifest import DEFAULT_MANIFEST, load_manifest
 from statecast.contract.spec import ModelSpec
 from statecast.export import sentiment_export as se
-from statecast.export.parity import PARITY_TOLERANCE, step_parity
+from statecast.export.parity import PARITY_TOLERANCE, chunk_steps, step_parity
 from statecast.export.step_export import export_step_model, read_spec
 from statecast.models.sentiment import (
     NGRAM_STATE,
@@ -118,7 +118,7 @@ def test_chunked_parity_over_mixed_lengths(
 ) -> None:
     model, _, path = tiny
     texts = texts_of([140, 1, 64, 9, 65, 130, 2, 40], seed=chunk)
-    steps = se._chunk_steps(texts, chunk, CONFIG.pad_id)
+    steps = chunk_steps(texts, chunk, CONFIG.pad_id)
     assert len(steps) == -(-140 // chunk)
     expected = se.reference_outputs(model, texts, chunk)
     diff = step_parity(path, steps, expected)

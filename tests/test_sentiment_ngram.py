@@ -18,7 +18,7 @@ import torch
 
 from statecast.contract.spec import ModelSpec
 from statecast.export import sentiment_export as se
-from statecast.export.parity import PARITY_TOLERANCE, step_parity
+from statecast.export.parity import PARITY_TOLERANCE, chunk_steps, step_parity
 from statecast.export.step_export import export_step_model, read_spec
 from statecast.models.sentiment import (
     NGRAM_STATE,
@@ -119,7 +119,7 @@ def test_eager_step_in_chunks_matches_the_whole_text_model() -> None:
     step = HybridStep(model).eval()
     texts = texts_of([30, 5, 1, 17], seed=3)
     expected = se.reference_outputs(model, texts, chunk=8)
-    steps = se._chunk_steps(texts, 8, LSTM.pad_id)
+    steps = chunk_steps(texts, 8, LSTM.pad_id)
     h = torch.zeros(1, 4, LSTM.hidden)
     c = torch.zeros(1, 4, LSTM.hidden)
     ng = torch.zeros(1, 4, NGRAM_STATE)
@@ -173,7 +173,7 @@ def test_onnx_chunked_parity_over_mixed_lengths(
 ) -> None:
     model, _, path = tiny
     texts = texts_of([140, 1, 64, 9, 65, 130, 2, 40], seed=chunk)
-    steps = se._chunk_steps(texts, chunk, LSTM.pad_id)
+    steps = chunk_steps(texts, chunk, LSTM.pad_id)
     assert step_parity(path, steps, se.reference_outputs(model, texts, chunk)) <= PARITY_TOLERANCE
     # The check has teeth: the same LSTM with other n-gram weights does not pass.
     other = random_hybrid(0)
