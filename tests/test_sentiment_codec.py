@@ -146,3 +146,23 @@ def test_options_and_artefact_are_checked(tmp_path: Path) -> None:
     (out,) = c.decode([record(text_event("eleven chars"))])
     assert isinstance(out, Rejected)
     assert out.reason == "too_large"
+
+
+def _ids(c: TextCodec, text: str) -> list[int]:
+    (dec,) = c.decode([record(text_event(text))])
+    assert isinstance(dec, Decoded)
+    return [int(t) for s in dec.steps for t in s["x"][: int(s["lengths"])]]
+
+
+def test_route_cleans_markup_as_the_model_was_trained_unless_told_not_to() -> None:
+    raw = "Great film.<br /><br />Really &amp; truly <i>good</i> acting."
+    trained_on = "Great film. Really & truly good acting."
+    tok = load_tokenizer()
+    cleaned = TextCodec(make_spec(max_chunk=64), {}, MODEL_DIR)
+    as_is = TextCodec(make_spec(max_chunk=64), {"clean": "none"}, MODEL_DIR)
+    assert _ids(cleaned, raw) == tok.encode(trained_on).ids
+    assert _ids(as_is, raw) == tok.encode(raw).ids
+    assert _ids(as_is, raw) != _ids(cleaned, raw)
+    assert _ids(cleaned, "plain text") == tok.encode("plain text").ids
+    with pytest.raises(TextCodecError, match="clean"):
+        TextCodec(make_spec(), {"clean": "strip"}, MODEL_DIR)

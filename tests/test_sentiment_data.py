@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from statecast.contract.text import clean_text
 from statecast.models import sentiment_data as data
 
 pytestmark = pytest.mark.unit
@@ -21,7 +22,7 @@ SAMPLES = [
 
 def test_clean_text_removes_markup_and_entities() -> None:
     raw = "Great film.<br /><br />Really &amp; truly<BR>good <i>acting</i>."
-    assert data.clean_text(raw) == "Great film. Really & truly good acting ."
+    assert clean_text(raw) == "Great film. Really & truly good acting ."
 
 
 def test_stratified_split_is_disjoint_stratified_and_seeded() -> None:

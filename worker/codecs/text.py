@@ -6,6 +6,9 @@ Events are JSON ``{"stream": str, "ts": epoch ms, "text": str}``. Route options:
   (``Decoded.fresh_state``), still batched with other messages.
 - ``mode=conversation``: the stream's state runs on across its messages, so each
   prediction is the running sentiment of the conversation so far.
+- ``clean=html`` (default): HTML line breaks and tags become spaces and entities are
+  unescaped (:func:`statecast.contract.text.clean_text`, what the shipped models were
+  trained on) before tokenizing; ``clean=none`` feeds the text as it came.
 
 Budgets, each checked before the step it protects (docs/hostile-input.md): ``max_bytes``
 per message before parsing (``too_large``); the stream id (``max_stream_bytes``,
@@ -32,6 +35,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from statecast.contract.spec import ModelSpec
+from statecast.contract.text import clean_text
 from statecast.worker.codecs.base import (
     REASON_EMPTY,
     REASON_TOO_LARGE,
@@ -55,7 +59,8 @@ DEFAULT_MAX_BYTES = 128 * 1024
 # English runs about 4 characters per token, so 20,000 characters is ~5,000 tokens; byte-level
 # BPE can make 4 tokens of one rare character, which this caps (64 waves of 128 tokens).
 DEFAULT_MAX_TOKENS = 8192
-_OPTIONS = frozenset({"mode", "max_chars", "max_bytes", "max_tokens"}) | STREAM_OPTIONS
+CLEANING = ("html", "none")
+_OPTIONS = frozenset({"mode", "max_chars", "max_bytes", "max_tokens", "clean"}) | STREAM_OPTIONS
 
 
 class TextCodecError(ValueError):
@@ -82,6 +87,10 @@ class TextCodec:
         if unknown:
             raise TextCodecError(f"unknown text route options {sorted(unknown)}")
         self.mode = mode
+        clean = options.get("clean", "html")
+        if clean not in CLEANING:
+            raise TextCodecError(f"text route clean must be one of {CLEANING}, got {clean!r}")
+        self.clean = clean == "html"
         pre = spec.preprocess
         try:
             tok_rel = str(pre["tokenizer"])
@@ -119,6 +128,9 @@ class TextCodec:
         # can expand one character to 18, so only the normalised count bounds the work.
         if len(text) > self.max_chars:
             return Rejected(REASON_TOO_LARGE, f"'text' has {len(text)} > {self.max_chars} chars")
+        if self.clean:
+            # The cleaning the shipped models were trained with (linear; never lengthens).
+            text = clean_text(text)
         if self._normalize is not None:
             n = len(self._normalize(text))
             if n > self.max_chars:
