@@ -40,7 +40,7 @@ from statecast.worker.codecs.base import (
     StreamIdentity,
     positive_int,
 )
-from statecast.worker.codecs.text_event import parse_text_event
+from statecast.worker.codecs.text_event import parse_text_event, stack_token_steps
 from statecast.worker.generation import decode, probabilities, rng_for, sample, seed_for
 
 DEFAULT_TOP_K = 5
@@ -127,11 +127,7 @@ class GenerateCodec:
     # -- stack / predictions: one wave ----------------------------------------------------
 
     def stack(self, steps: Sequence[StepInputs]) -> dict[str, Array]:
-        lengths = np.array([int(s["lengths"]) for s in steps], dtype=np.int64)
-        x = np.zeros((len(steps), max(1, int(lengths.max(initial=0)))), np.int64)
-        for i, s in enumerate(steps):
-            x[i, : lengths[i]] = s["x"]
-        return {"x": x, "lengths": lengths}
+        return stack_token_steps(steps)
 
     def predictions(self, outputs: Mapping[str, Array]) -> list[dict[str, Any]]:
         """The ``top_k`` next bytes under the model (temperature 1) per row."""

@@ -4,13 +4,16 @@ routes (sentiment's TextCodec, the char model's GenerateCodec).
 One parser so both routes refuse the same hostile records with the same reasons, in the
 same order (docs/hostile-input.md): the raw size before parsing, then the JSON, the stream
 id (:class:`~statecast.worker.codecs.base.StreamIdentity`), the text, the timestamp.
-What a codec does with the text afterwards (tokenizing, byte chunks) stays in the codec.
+What a codec does with the text afterwards (tokenizing, byte chunks) stays in the codec;
+:func:`stack_token_steps` batches the resulting ``{x, lengths}`` steps of one wave.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import orjson
 
 from statecast.worker.codecs.base import (
@@ -20,8 +23,10 @@ from statecast.worker.codecs.base import (
     REASON_TOO_LARGE,
     REASON_TS_OUT_OF_RANGE,
     REASON_WRONG_TYPE,
+    Array,
     RawRecord,
     Rejected,
+    StepInputs,
     StreamIdentity,
     in_int64,
 )
@@ -69,3 +74,13 @@ def parse_text_event(
         if not in_int64(ts_ms):
             return Rejected(REASON_TS_OUT_OF_RANGE, "'ts' is outside int64 milliseconds")
     return stream, ts_ms, text
+
+
+def stack_token_steps(steps: Sequence[StepInputs], pad_id: int = 0) -> dict[str, Array]:
+    """One wave's ``{x [T_i], lengths}`` steps -> ``x [B, max T]`` padded with ``pad_id`` and
+    ``lengths [B]`` (at least one column: ONNX refuses an empty axis)."""
+    lengths = np.array([int(s["lengths"]) for s in steps], dtype=np.int64)
+    x = np.full((len(steps), max(1, int(lengths.max(initial=0)))), pad_id, np.int64)
+    for i, s in enumerate(steps):
+        x[i, : lengths[i]] = s["x"]
+    return {"x": x, "lengths": lengths}
