@@ -22,11 +22,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from statecast.contract.manifest import ManifestEntry, upsert_entry
+from statecast.contract.manifest import ManifestEntry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, StateSpec, TensorSpec
 from statecast.export.parity import check_parity, chunk_steps, step_parity
-from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.export.step_export import export_step_model, shipped_entry
 from statecast.models.charrnn import CONTEXT, VOCAB, CharLSTM, CharStep, zero_state
 from statecast.models.trainer import load_checkpoint_as
 
@@ -147,12 +147,9 @@ def export_char_lstm(
         "train_seconds": meta.get("train_seconds"),
         "parity_max_abs_diff": diff,
     }
-    if not manifest:  # a trial export elsewhere: its path is relative to its own folder
-        return manifest_entry(spec, onnx_path, metrics, root=onnx_path.parent)
-    # "models/onnx/<name>.onnx" relative to the folder holding models/ (resolved, because
-    # statecast/models is a link to the checkout's models/ folder).
-    entry = manifest_entry(spec, onnx_path, metrics, root=onnx_path.resolve().parents[2])
-    upsert_entry(entry)
+    entry = shipped_entry(spec, onnx_path, metrics, upsert=manifest)
+    if not manifest:
+        return entry
     log.info(
         "exported %s: val %.4f bpc, parity %.3g", NAME, meta.get("val_bpc", float("nan")), diff
     )

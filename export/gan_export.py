@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from statecast.contract.manifest import ManifestEntry, upsert_entry
+from statecast.contract.manifest import ManifestEntry
 from statecast.contract.paths import PACKAGE_ROOT
 from statecast.contract.spec import ModelSpec, OutputSpec, TensorSpec
 from statecast.export.parity import check_parity, step_parity
-from statecast.export.step_export import export_step_model, manifest_entry
+from statecast.export.step_export import export_step_model, shipped_entry
 from statecast.models.gan import COND, DAY, DemandGan, GeneratorExport
 from statecast.models.trainer import load_checkpoint_as
 
@@ -117,11 +117,8 @@ def export_gan_demand(
         "train_seconds": meta.get("train_seconds"),
         "parity_max_abs_diff": diff,
     }
+    entry = shipped_entry(spec, onnx_path, metrics, upsert=manifest)
     if not manifest:
-        return manifest_entry(spec, onnx_path, metrics, root=onnx_path.parent)
-    # "models/onnx/<name>.onnx" relative to the folder holding models/ (resolved, because
-    # statecast/models is a link to the checkout's models/ folder).
-    entry = manifest_entry(spec, onnx_path, metrics, root=onnx_path.resolve().parents[2])
-    upsert_entry(entry)
+        return entry
     log.info("exported %s: parity %.3g", NAME, diff)
     return entry

@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from statecast.contract.manifest import ManifestEntry, sha256_file
+from statecast.contract.manifest import ManifestEntry, sha256_file, upsert_entry
 from statecast.contract.paths import PACKAGE_ROOT, package_relative
 from statecast.contract.spec import SPEC_KEY, ModelSpec
 
@@ -159,3 +159,18 @@ def manifest_entry(
         sha256=sha256_file(path),
         metrics=dict(metrics),
     )
+
+
+def shipped_entry(
+    spec: ModelSpec, onnx_path: Path, metrics: Mapping[str, Any], upsert: bool
+) -> ManifestEntry:
+    """The manifest entry of a file exported to ``<root>/models/onnx/``, upserted into the
+    default manifest; without ``upsert`` (a trial export elsewhere) only built, its path
+    relative to its own folder."""
+    if not upsert:
+        return manifest_entry(spec, onnx_path, metrics, root=onnx_path.parent)
+    # "models/onnx/<name>.onnx" relative to the folder holding models/ (resolved, because
+    # statecast/models is a link to the checkout's models/ folder).
+    entry = manifest_entry(spec, onnx_path, metrics, root=onnx_path.resolve().parents[2])
+    upsert_entry(entry)
+    return entry
