@@ -6,9 +6,11 @@ and shipped by importing that file (``statecast import``), so the shipped model 
 the end-to-end proof that the import path works for CNNs.
 
 Held-out figures come from the 10,000 Fashion-MNIST test images (never used in training):
-the CNN's accuracy, and the baseline's, a multinomial logistic regression on the raw
-pixels (the standard strong linear baseline for this data set), fitted on the same
-60,000 training images.
+the CNN's accuracy, and the baselines', fitted on the same 60,000 training images: a
+multinomial logistic regression on the raw pixels (the standard strong linear baseline
+for this data set) and a random forest on the raw pixels (the strongest simple one; an
+audit found it beat the 5-epoch CNN). The manifest lists both under ``baselines`` and
+names the strongest as ``baseline``/``baseline_accuracy``, the bar the CNN must clear.
 
 Registry steps: ``train`` (Keras, writes the .keras file), ``export`` (imports it into
 ``models/onnx/frame_cnn.onnx`` with the test metrics), ``parity`` (the stored Keras
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from statecast.contract.manifest import DEFAULT_MANIFEST, ManifestEntry, load_manifest, upsert_entry
-from statecast.contract.paths import PACKAGE_ROOT
+from statecast.contract.paths import PACKAGE_ROOT, cache_dir
 
 FASHION_CLASSES = (
     "t-shirt",
@@ -42,6 +44,10 @@ FASHION_CLASSES = (
 KERAS_FILE = PACKAGE_ROOT.parent / "examples" / "fashion_cnn.keras"
 NAME = "frame_cnn"
 SEED = 0
+# The shipped model's run (the card's figures); `statecast train frame_cnn` reproduces it.
+EPOCHS = 5
+LOGISTIC = "logistic-regression-pixels"
+FOREST = "random-forest-pixels"
 Array = np.ndarray[Any, Any]
 
 
@@ -73,7 +79,7 @@ def build_model() -> Any:
     )
 
 
-def train_frame_cnn(epochs: int = 5, seed: int = SEED, **_: Any) -> tuple[Any, dict[str, float]]:
+def train_frame_cnn(epochs: int = EPOCHS, seed: int = SEED, **_: Any) -> tuple[Any, dict[str, Any]]:
     """Train the CNN (Keras, torch backend, one thread); returns the model and its figures."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
@@ -94,10 +100,17 @@ def train_frame_cnn(epochs: int = 5, seed: int = SEED, **_: Any) -> tuple[Any, d
     took = time.perf_counter() - started
     probs = model.predict(x_te[..., None] / 255.0, verbose=0)
     acc = float((probs.argmax(1) == y_te).mean())
-    base = logistic_baseline(x_tr, y_tr, x_te, y_te, seed)
+    baselines = {
+        LOGISTIC: round(logistic_baseline(x_tr, y_tr, x_te, y_te, seed), 4),
+        FOREST: round(cached_forest_baseline(x_tr, y_tr, x_te, y_te), 4),
+    }
+    best = max(baselines, key=lambda k: baselines[k])
     return model, {
         "test_accuracy": round(acc, 4),
-        "baseline_accuracy": round(base, 4),
+        "baseline": best,
+        "baseline_accuracy": baselines[best],
+        "baselines": baselines,
+        "epochs": epochs,
         "train_seconds": round(took, 1),
     }
 
@@ -130,6 +143,62 @@ def logistic_baseline(
         return float((lin(xe).argmax(1).numpy() == y_te).mean())
 
 
+def forest_baseline(x_tr: Array, y_tr: Array, x_te: Array, y_te: Array) -> float:
+    """Test accuracy of a random forest on the raw pixels: the audit's exact configuration.
+
+    scikit-learn defaults with 100 trees, ``random_state=0`` and one job (deterministic;
+    about 10 minutes on one shared core, hence :func:`cached_forest_baseline`).
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1)
+    forest.fit(x_tr.reshape(len(x_tr), -1), y_tr)
+    return float((forest.predict(x_te.reshape(len(x_te), -1)) == y_te).mean())
+
+
+def cached_forest_baseline(x_tr: Array, y_tr: Array, x_te: Array, y_te: Array) -> float:
+    """:func:`forest_baseline`, fitted once per data set: the figure is cached in ``.cache/``
+    under a digest of the four arrays, so retraining the CNN does not refit the forest."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for arr in (x_tr, y_tr, x_te, y_te):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    path = cache_dir() / "frame_cnn" / f"forest-{digest.hexdigest()[:16]}.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["test_accuracy"])
+    started = time.perf_counter()
+    acc = forest_baseline(x_tr, y_tr, x_te, y_te)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"test_accuracy": acc, "fit_seconds": round(time.perf_counter() - started, 1)}
+    path.write_text(json.dumps(record) + "\n")
+    return acc
+
+
+def strongest_baselines(*sources: Any) -> dict[str, Any]:
+    """``baselines`` (name -> accuracy) merged over ``sources`` (mappings with ``baselines``
+    and/or ``baseline``/``baseline_accuracy``; later ones win), plus the strongest as
+    ``baseline``/``baseline_accuracy``.
+
+    The exporter passes the manifest's entry first, then the training figures, so a
+    re-export keeps a baseline added by hand (an audit's) and refreshes the ones it computed.
+    """
+    merged: dict[str, float] = {}
+    for src in sources:
+        if isinstance(src.get("baseline"), str) and isinstance(
+            src.get("baseline_accuracy"), (int, float)
+        ):
+            merged[src["baseline"]] = float(src["baseline_accuracy"])
+        listed = src.get("baselines")
+        if isinstance(listed, dict):
+            merged.update({str(k): float(v) for k, v in listed.items()})
+    if not merged:
+        raise ValueError("no baseline figures: train frame_cnn first")
+    best = max(merged, key=lambda k: merged[k])
+    return {"baseline": best, "baseline_accuracy": merged[best], "baselines": merged}
+
+
 def save_weights_only_model(model: Any, path: Path) -> None:
     """Save ``model`` without its optimizer state (a compiled model's file is ~3x larger)."""
     # From the config, not keras.models.clone_model: a clone of a compiled model keeps
@@ -139,7 +208,7 @@ def save_weights_only_model(model: Any, path: Path) -> None:
     clone.save(path)
 
 
-def train(epochs: int = 5, seed: int = SEED, **kwargs: Any) -> Path:
+def train(epochs: int = EPOCHS, seed: int = SEED, **kwargs: Any) -> Path:
     """Registry ``train``: writes ``examples/fashion_cnn.keras`` and the figures beside it."""
     import json
 
@@ -156,6 +225,8 @@ def export(manifest: Path = DEFAULT_MANIFEST) -> ManifestEntry:
     from statecast.export.keras.importer import ImportOptions, import_keras
 
     x_te, _ = load_fashion("t10k")
+    # Read before the import: it rewrites the entry, and its baselines must survive.
+    previous = load_manifest(manifest).get(NAME) if manifest.is_file() else None
     result = import_keras(
         KERAS_FILE,
         ImportOptions(name=NAME, kind="classify", classes=FASHION_CLASSES),
@@ -167,11 +238,12 @@ def export(manifest: Path = DEFAULT_MANIFEST) -> ManifestEntry:
         sample=x_te[:16].astype(np.float32),
     )
     figures = json.loads(KERAS_FILE.with_suffix(".metrics.json").read_text())
+    if "baseline" not in figures:  # a figures file from before the forest baseline
+        figures["baseline"] = LOGISTIC
     metrics = {
         **result.metrics,
         "test_accuracy": figures["test_accuracy"],
-        "baseline": "logistic-regression-pixels",
-        "baseline_accuracy": figures["baseline_accuracy"],
+        **strongest_baselines(previous.metrics if previous else {}, figures),
         "test_images": len(x_te),
         "split": "fashion-mnist t10k (10,000 held-out images)",
     }
