@@ -49,7 +49,7 @@ from statecast.worker.codecs.base import (
     StreamIdentity,
     positive_int,
 )
-from statecast.worker.codecs.text_event import parse_text_event
+from statecast.worker.codecs.text_event import parse_text_event, stack_token_steps
 
 MODES = ("message", "conversation")
 DEFAULT_MAX_TEXT_CHARS = 20_000
@@ -171,11 +171,7 @@ class TextCodec:
     # -- stack / predictions: one wave ----------------------------------------------------
 
     def stack(self, steps: Sequence[StepInputs]) -> dict[str, Array]:
-        lengths = np.array([int(s["lengths"]) for s in steps], dtype=np.int64)
-        x = np.full((len(steps), max(1, int(lengths.max(initial=0)))), self.pad_id, np.int64)
-        for i, s in enumerate(steps):
-            x[i, : lengths[i]] = s["x"]
-        return {"x": x, "lengths": lengths}
+        return stack_token_steps(steps, self.pad_id)
 
     def predictions(self, outputs: Mapping[str, Array]) -> list[dict[str, Any]]:
         probs = np.asarray(outputs[self.output], dtype=np.float64).reshape(-1)
