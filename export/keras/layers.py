@@ -298,7 +298,9 @@ def keras_torch_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class GlobalMaxPool(Block):
+class _GlobalPool(Block):
+    """A Keras global pooling layer over its ``nd`` spatial (or time) axes."""
+
     time_local = False
 
     def __init__(self, nd: int, keepdims: bool) -> None:
@@ -306,6 +308,8 @@ class GlobalMaxPool(Block):
         self.nd = nd
         self.keepdims = keepdims
 
+
+class GlobalMaxPool(_GlobalPool):
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         # Keras's GlobalMaxPooling ignores the mask (it does not support masking).
         dims = tuple(range(1, 1 + self.nd))
@@ -467,14 +471,7 @@ def keras_relu(negative_slope: float, max_value: float | None, threshold: float)
     return fn
 
 
-class GlobalAvgPool(Block):
-    time_local = False
-
-    def __init__(self, nd: int, keepdims: bool) -> None:
-        super().__init__()
-        self.nd = nd
-        self.keepdims = keepdims
-
+class GlobalAvgPool(_GlobalPool):
     def forward(self, x: Tensor, mask: Mask) -> tuple[Tensor, Mask]:
         dims = tuple(range(1, 1 + self.nd))
         if self.nd == 1 and mask is not None:
