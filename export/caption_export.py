@@ -42,7 +42,7 @@ from statecast.worker.captions import Captioner
 log = logging.getLogger(__name__)
 
 NAME = "video_caption"
-VERSION = "1"
+VERSION = "2"
 MODELS_DIR = PACKAGE_ROOT / "models"
 ONNX_PATH = MODELS_DIR / "onnx" / f"{NAME}.onnx"
 CHECKPOINT_PATH = MODELS_DIR / "checkpoints" / f"{NAME}.pt"

@@ -41,7 +41,7 @@ from statecast.models.video_data import ClipConfig, make_clips, synthetic_images
 log = logging.getLogger(__name__)
 
 NAME = "video_lstm"
-VERSION = "2"
+VERSION = "3"
 MODELS_DIR = PACKAGE_ROOT / "models"
 ONNX_PATH = MODELS_DIR / "onnx" / f"{NAME}.onnx"
 CHECKPOINT_PATH = MODELS_DIR / "checkpoints" / f"{NAME}.pt"

@@ -211,6 +211,8 @@ def train_video_caption(
 ) -> Path:
     """States of the frozen video model (cached), train the decoder, evaluate, save."""
     torch.set_num_threads(1)
+    # --set checkpoint=... arrives as text
+    checkpoint, video_checkpoint = Path(checkpoint), Path(video_checkpoint)
     splits = build_scene_splits(seed=seed)
     states = cached_states(video_checkpoint, splits)
     video, video_ckpt = load_checkpoint(video_checkpoint)

@@ -111,8 +111,10 @@ def evaluate(model: VideoLSTM, clips: Scenes, batch: int = 500) -> Accuracy:
 
 
 def train_video_lstm(
-    epochs: int = 12,
-    max_seconds: float | None = 780.0,
+    # The shipped v3 run: early stopping (patience 3) ended it after 18 of 24 epochs, well
+    # inside its 1,140 s budget; no budget here, so a slower machine stops at the same epoch.
+    epochs: int = 24,
+    max_seconds: float | None = None,
     seed: int = 0,
     train_clips: int = SceneSizes.train,
     lr: float = 3e-3,
