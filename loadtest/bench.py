@@ -175,8 +175,10 @@ def _model_path(settings: BenchSettings) -> Path:
         raise BenchError(str(exc)) from exc
 
 
-async def run_bench(settings: BenchSettings, log: Any = sys.stderr) -> dict[str, Any]:
-    """Run every phase; return the JSON-able result."""
+async def run_bench(settings: BenchSettings, log: Any = None) -> dict[str, Any]:
+    """Run every phase; return the JSON-able result. ``log`` defaults to the stderr of the
+    moment of the call (a default bound at import would outlive a replaced stream)."""
+    log = sys.stderr if log is None else log
     onnx_path = _model_path(settings)
     worker_cores, infra = machine.split_cores(settings.workers)
     pinned = settings.pin and len(os.sched_getaffinity(0)) >= 2

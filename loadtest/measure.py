@@ -95,9 +95,11 @@ class Measurer:
         until: Callable[[], bool],
         idle_timeout_s: float,
         progress: ProgressFn | None = None,
-        out: TextIO = sys.stderr,
+        out: TextIO | None = None,
     ) -> None:
-        """Consume until ``until()`` holds or nothing arrived for ``idle_timeout_s``."""
+        """Consume until ``until()`` holds or nothing arrived for ``idle_timeout_s``
+        (progress to ``out``, by default the stderr of the moment of the call)."""
+        out = sys.stderr if out is None else out
         last_data = time.monotonic()
         last_print = 0.0
         # On a terminal the line rewrites itself; in a log, one line every few seconds.
