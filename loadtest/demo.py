@@ -126,8 +126,8 @@ class ForecastBoard:
             seen, p = self.sentiment[stream]
             label = "positive" if p >= 0.5 else "negative"
             lines.append(
-                f"  {stream} IMDB conversation, {seen} messages so far: running "
-                f"sentiment P(positive) {p:.2f} ({label})"
+                f"  {stream} IMDB reviews, {seen} scored so far: latest review "
+                f"P(positive) {p:.2f} ({label})"
             )
         if self.scored:
             lines.append(

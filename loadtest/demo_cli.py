@@ -4,11 +4,11 @@
    starts, it stops at the end);
 2. creates the input topics and starts ``statecast worker`` as a child process serving
    ``sensor_lstm`` on ``sensor``, ``price_gru`` on ``prices`` and ``sentiment_lstm`` (per
-   conversation) on ``text``;
+   message) on ``text``;
 3. replays the real electricity-demand series, the stock returns and IMDB test reviews
-   (as conversations) as many concurrent streams at a steady rate, printing a few
-   streams' forecasts against the actual next value, and the running sentiment of a few
-   conversations, as they come back;
+   (one whole review per message) as many concurrent streams at a steady rate, printing a
+   few streams' forecasts against the actual next value, and the sentiment of the latest
+   review on a few text streams, as they come back;
 4. prints a summary (events, predictions, throughput, latency, dead letters), stops the
    worker with SIGTERM (it drains and commits) and exits 0.
 """
@@ -90,7 +90,9 @@ def _dead_letters(metrics_text: str) -> float:
 
 def _worker_settings(config: StackConfig, http_port: int, text: bool) -> Settings:
     routes = f"{SENSOR_TOPIC}=sensor_lstm;{PRICES_TOPIC}=price_gru" + (
-        f";{TEXT_TOPIC}=sentiment_lstm?mode=conversation" if text else ""
+        # Per message: each message is a whole, unrelated review, so a running
+        # conversation state over hundreds of them would mean nothing.
+        f";{TEXT_TOPIC}=sentiment_lstm?mode=message" if text else ""
     )
     return replace(
         Settings(),
